@@ -1,0 +1,1 @@
+"""Subcommands of ``paper-repro``: one module each, with ``add_parser`` and ``run``."""

@@ -1,0 +1,90 @@
+"""Correlation analysis: the reference table of SCIENCE.md section 2, Sheppard, Monte-Carlo."""
+
+import jax
+import numpy as np
+import pytest
+
+from paper_repro import correlation as C
+from paper_repro import quantize as Q
+
+# SCIENCE.md section 2, "Reference correlations" (unit variance, optimal parameters).
+REFERENCE = {
+    ("gaussian", "linear"): {2: 0.8999, 3: 0.9763, 4: 0.9935, 5: 0.9982},
+    ("gaussian", "exponential"): {2: 0.8999, 3: 0.9768, 4: 0.9935, 5: 0.9981},
+    ("gaussian", "lloyd_max"): {1: 0.7979, 2: 0.9394, 3: 0.9826, 4: 0.9952, 5: 0.9988},
+    ("laplace", "linear"): {2: 0.8578, 3: 0.9576, 4: 0.9862, 5: 0.9955},
+    ("laplace", "exponential"): {2: 0.8578, 3: 0.9646, 4: 0.9902, 5: 0.9971},
+    ("laplace", "lloyd_max"): {1: 0.7071, 2: 0.9076, 3: 0.9724, 4: 0.9923, 5: 0.9979},
+}
+
+
+@pytest.mark.parametrize("density,scheme", list(REFERENCE))
+def test_reference_table(density, scheme):
+    for bits, ref in REFERENCE[(density, scheme)].items():
+        r = float(Q.fit_moments(C.density_moments(density), scheme=scheme, bits=bits)["r"])
+        assert abs(r - ref) < 0.002, (density, scheme, bits, r, ref)
+
+
+def test_sign_closed_form():
+    # r of sign(w) is E|w| / sqrt(E w^2): sqrt(2/pi) for a Gaussian, 1/sqrt(2) for Laplace.
+    for d, ref in (("gaussian", np.sqrt(2 / np.pi)), ("laplace", 1 / np.sqrt(2))):
+        r = float(Q.fit_moments(C.density_moments(d), scheme="sign", bits=1)["r"])
+        assert r == pytest.approx(ref, abs=1e-5)
+
+
+@pytest.mark.parametrize("density", C.DENSITIES)
+def test_density_r_matches_monte_carlo(density):
+    # 2e6 samples: the sample r has standard error ~1e-4 at these r; tolerance 1e-3.
+    key = jax.random.key(3)
+    w = (jax.random.normal(key, (2_000_000,)) if density == "gaussian"
+         else jax.random.laplace(key, (2_000_000,)) / np.sqrt(2))
+    dm = C.density_moments(density)
+    for scheme, bits in (("linear", 3), ("exponential", 4), ("lloyd_max", 2)):
+        out = Q.fit_moments(dm, scheme=scheme, bits=bits)
+        p = out["p"]
+        lower = Q.lower_bounds(p, zero=Q.has_zero(scheme))
+        levels, thr = Q.full_codebook(p, lower, zero=Q.has_zero(scheme))
+        theory = float(C.density_r(levels, thr, density))
+        assert theory == pytest.approx(float(out["r"]), abs=1e-6)
+        w_hat = levels[np.searchsorted(np.asarray(thr), np.asarray(w))]
+        assert float(C.sample_r(w, w_hat)) == pytest.approx(theory, abs=1e-3)
+
+
+def test_sheppard_monte_carlo():
+    # Two Gaussian fields with correlation r agree in sign with prob 1 - arccos(r)/pi.
+    k1, k2 = jax.random.split(jax.random.key(0))
+    x, e = jax.random.normal(k1, (400_000,)), jax.random.normal(k2, (400_000,))
+    for r in (0.0, 0.5, 0.9, 0.99):
+        y = r * x + np.sqrt(1 - r * r) * e
+        agree = float(np.mean(np.sign(x) == np.sign(y)))
+        # binomial standard error <= 0.0008 at n = 4e5; 4 sigma.
+        assert agree == pytest.approx(float(C.sheppard(r)), abs=0.0032)
+    assert float(C.sheppard(1.0)) == 1.0
+    assert float(C.noise_strength(0.5)) == pytest.approx(3.0)
+
+
+def test_sample_r_basics():
+    w = np.arange(10.0)
+    assert float(C.sample_r(w, 2 * w + 1)) == pytest.approx(1.0)
+    assert float(C.sample_r(w, -w)) == pytest.approx(-1.0)
+    assert float(C.sample_r(w, np.zeros(10))) == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        C.sample_r(w, w[:5])
+    with pytest.raises(ValueError, match="unknown density"):
+        C.density_moments("cauchy")
+
+
+def test_histogram_moments_agree_with_sample():
+    w = np.random.default_rng(0).laplace(size=(3, 50_000)).astype(np.float32)
+    hist = C.histogram_moments_rows(w, bins=1024)
+    jhist = C.moments_from_histogram(w[1], bins=1024)
+    samp = C.moments_from_sample(w[1])
+    t = np.array([0.1, 0.7, 2.0, 5.0], np.float32)
+    row1 = jax.tree_util.tree_map(lambda a: a[1], hist)
+    for m in (row1, jhist):
+        c0, c1 = m.cdf(t)
+        s0, s1 = samp.cdf(t)
+        # histogram interpolation error is at most one bin's mass (~1/1024 of the range)
+        np.testing.assert_allclose(c0, s0, atol=2e-3)
+        np.testing.assert_allclose(c1, s1, atol=2e-3)
+    assert float(row1.m2) == pytest.approx(float(samp.m2), rel=1e-5)
