@@ -8,6 +8,7 @@
 #                     (imagenet-val-1300/ + keras-weights/), used by tests and the demo sweep
 
 PYTHON ?= python3
+export IMAGENET_DIR IMAGENET_LABELS WEIGHTS_DIR PAPER_REPRO_SHARED_DATA
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
@@ -33,7 +34,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $(STAMP)
 
-repro: setup figures
+repro: setup figures imagenet
 
 figures: setup
 	$(BIN)/paper-repro notebooks

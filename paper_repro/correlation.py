@@ -62,9 +62,9 @@ class Moments:
 
     ``x: (n+1,)`` ascending abscissae starting at 0; ``c0, c1: (n+1,)`` are the fractions
     ``P(|w| <= x)`` and the partial means ``E[|w| 1{|w| <= x}]``; ``m2`` is ``E[w^2]``;
-    ``top`` is ``max|w|`` (the largest abscissa). Between abscissae the functions are linear
-    (exact for a histogram with uniform mass in each bin; off by at most one sample for a
-    sorted sample). Leading batch axes (per channel) are allowed on every field.
+    ``top`` is ``max|w|`` (the largest abscissa). ``kind="step"``: a sorted sample, exact
+    step functions; ``kind="uniform"``: a histogram on uniform bins, linear inside each bin
+    (its mass spread uniformly). Leading batch axes (per channel) are allowed on every field.
     """
 
     x: jax.Array
@@ -72,12 +72,15 @@ class Moments:
     c1: jax.Array
     m2: jax.Array
     top: jax.Array
-    uniform: bool = dataclasses.field(default=False, metadata=dict(static=True))
+    kind: str = dataclasses.field(default="step", metadata=dict(static=True))
 
     def cdf(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(P(|w| <= t), E[|w| 1{|w| <= t}])`` at thresholds ``t: (k,)``."""
-        if not self.uniform:
-            return jnp.interp(t, self.x, self.c0), jnp.interp(t, self.x, self.c1)
+        if self.kind == "step":
+            # A sorted sample: count the values <= t exactly (no interpolation).
+            k = jnp.searchsorted(self.x, t, side="right") - 1
+            k = jnp.clip(k, 0, self.x.shape[-1] - 1)
+            return self.c0[k], self.c1[k]
         # Uniform abscissae (a histogram): index arithmetic instead of a search.
         n = self.x.shape[-1] - 1
         span = jnp.where(self.x[-1] > 0, self.x[-1], 1.0)
@@ -115,7 +118,7 @@ def moments_from_histogram(w: jax.Array, *, bins: int = 2048) -> Moments:
     x = jnp.linspace(0.0, 1.0, bins + 1) * scale
     c0 = jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(cnt)]) / n
     c1 = jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(s1)]) / n
-    return Moments(x=x, c0=c0, c1=c1, m2=jnp.mean(a * a), top=top, uniform=True)
+    return Moments(x=x, c0=c0, c1=c1, m2=jnp.mean(a * a), top=top, kind="uniform")
 
 
 def histogram_moments_rows(rows: np.ndarray, *, bins: int = 2048) -> Moments:
@@ -139,7 +142,7 @@ def histogram_moments_rows(rows: np.ndarray, *, bins: int = 2048) -> Moments:
     m2 = np.einsum("ij,ij->i", a, a, dtype=np.float64) / n
     f32 = np.float32
     return Moments(x=x.astype(f32), c0=c0.astype(f32), c1=c1.astype(f32), m2=m2.astype(f32),
-                   top=top.astype(f32), uniform=True)
+                   top=top.astype(f32), kind="uniform")
 
 
 # --- Unit-variance densities of |w| in closed form --------------------------------------------

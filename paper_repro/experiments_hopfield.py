@@ -108,18 +108,17 @@ def configs(smoke: bool = False) -> dict[str, dict]:
     """
     S = spec
     fig2_specs = [S("float"), S("sign"), S("linear", 2), S("linear", 3), S("exponential", 3),
-                  S("linear", 4), S("exponential", 4), S("lloyd_max", 3)]
+                  S("linear", 4)]
     fig3_specs = [S("float"), S("sign"), S("linear", 2), S("linear", 3), S("linear", 4),
                   S("exponential", 3), S("exponential", 4), S("lloyd_max", 2),
-                  S("lloyd_max", 3), S("lloyd_max", 4), S("linear", 2, "max"),
-                  S("linear", 3, "max"), S("linear", 4, "max"), S("exponential", 3, "max"),
-                  S("exponential", 4, "max")]
+                  S("lloyd_max", 3), S("linear", 3, "max"), S("exponential", 3, "max")]
     fig4_specs = [S("float"), S("sign"), S("linear", 2), S("lloyd_max", 2), S("linear", 3),
                   S("exponential", 3)]
+    thr = hf.CAPACITY_THRESHOLD
     if smoke:
         return {
             "hopfield/r_vs_bits": dict(N=300, alpha=0.1, seed=0, bits=[1, 2, 3],
-                                       schemes=["linear", "lloyd_max"], fits=["max", "corr"],
+                                       schemes=["linear"], fits=["max", "corr"],
                                        scale="sqrt_m"),
             "hopfield/overlap_vs_alpha": dict(
                 N=300, alphas=[0.06, 0.1, 0.14, 0.18], seeds=1, n_probe=32, max_steps=30,
@@ -127,7 +126,7 @@ def configs(smoke: bool = False) -> dict[str, dict]:
             "hopfield/capacity_vs_bits": dict(
                 Ns=[200, 400], seeds={"200": 2, "400": 1}, n_probe=32, max_steps=30,
                 factors=[0.9, 1.1, 1.3, 1.6], specs=[S("float"), S("sign"), S("linear", 2)],
-                threshold=hf.CAPACITY_THRESHOLD, scale="sqrt_m", seed=0),
+                threshold=thr, stop_margin=0.1, scale="sqrt_m", seed=0),
             "hopfield/basins": dict(N=300, alphas=[0.05], m0=[0.2, 0.5, 0.8, 1.0], n_probe=16,
                                     max_steps=30, specs=[S("float"), S("sign")],
                                     scale="sqrt_m", seed=0),
@@ -138,19 +137,20 @@ def configs(smoke: bool = False) -> dict[str, dict]:
         }
     return {
         "hopfield/r_vs_bits": dict(N=2000, alpha=0.1, seed=0, bits=[1, 2, 3, 4, 5],
-                                   schemes=list(ALL_SCHEMES), fits=["max", "corr"],
+                                   schemes=["linear", "exponential", "pow2", "lloyd_max"],
+                                   fits=["max", "corr"],
                                    scale="sqrt_m"),
         "hopfield/overlap_vs_alpha": dict(
-            N=2000, alphas=[0.05, 0.08, 0.1, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.18],
-            seeds=3, n_probe=200, max_steps=100, specs=fig2_specs, scale="sqrt_m", seed=0),
+            N=2000, alphas=[0.06, 0.08, 0.1, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.18],
+            seeds=3, n_probe=100, max_steps=100, specs=fig2_specs, scale="sqrt_m", seed=0),
         "hopfield/capacity_vs_bits": dict(
-            Ns=[500, 1000, 2000, 4000], seeds={"500": 8, "1000": 4, "2000": 2, "4000": 1},
-            n_probe=160, max_steps=100,
-            factors=[0.85, 0.95, 1.02, 1.09, 1.16, 1.24, 1.33, 1.45, 1.6],
-            specs=fig3_specs, threshold=hf.CAPACITY_THRESHOLD, scale="sqrt_m", seed=0),
-        "hopfield/basins": dict(N=2000, alphas=[0.05, 0.1],
-                                m0=[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
-                                n_probe=100, max_steps=100, specs=fig4_specs, scale="sqrt_m",
+            Ns=[500, 1000, 2000, 4000], seeds={"500": 3, "1000": 2, "2000": 1, "4000": 1},
+            n_probe={"500": 128, "1000": 128, "2000": 128, "4000": 96}, max_steps=100,
+            factors=[0.95, 1.03, 1.11, 1.19, 1.27, 1.36, 1.46, 1.58], specs=fig3_specs,
+            threshold=thr, stop_margin=0.1, scale="sqrt_m", seed=0),
+        "hopfield/basins": dict(N=1000, alphas=[0.05, 0.1],
+                                m0=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+                                n_probe=50, max_steps=50, specs=fig4_specs, scale="sqrt_m",
                                 seed=0),
         "hopfield/field_agreement": dict(
             N=2000, alpha=0.1, n_states=256, seed=0, scale="sqrt_m",
@@ -170,8 +170,8 @@ def compute_r_vs_bits(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
     One Hebbian matrix (``N``, ``alpha``, ``seed``). At 1 bit every scheme is the sign
     quantizer. Returns ``schemes: (S,)``, ``fits: (F,)``, ``bits: (B,)``, and ``(S, F, B)``
     arrays ``r_sim`` (off-diagonal Pearson ``r`` on the matrix), ``r_codebook`` (the same
-    fitted codebook on the Gaussian density), ``r_theory`` (codebook fitted on the Gaussian
-    density itself; max fits pin the top at the matrix's max), NaN where a combination does
+    fitted codebook on the Gaussian density), ``r_theory`` (corr fits: the codebook fitted
+    on the Gaussian density itself; max fits: ``r_codebook``, top pinned at max|T|), NaN where a combination does
     not exist (``lloyd_max`` + ``max``; zero-level schemes at 1 bit are the sign quantizer).
     """
     from paper_repro import quantize
@@ -205,7 +205,8 @@ def compute_r_vs_bits(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
                                         scale=config["scale"])
         r_sim[i, j, k] = info["r"]
         r_cb[i, j, k] = ht.codebook_r(info["levels"], info["thresholds"])
-        r_th[i, j, k] = ht.gaussian_r(sch, b, fit=fit, top=top if fit == "max" else None)[0]
+        # max-anchored: the theory is the same codebook on the density (top = max|T|)
+        r_th[i, j, k] = (r_cb[i, j, k] if fit == "max" else ht.gaussian_r(sch, b, fit=fit)[0])
     return {"schemes": np.array(schemes), "fits": np.array(fits), "bits": np.array(bits),
             "r_sim": r_sim, "r_codebook": r_cb, "r_theory": r_th, "top": np.float64(top),
             "M": np.int64(M), "N": np.int64(N)}
@@ -215,13 +216,17 @@ def compute_r_vs_bits(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def _sweep_unit(*, N: int, key, alphas_by_spec: list[list[float]], specs, n_probe: int,
-                max_steps: int, scale: str, stability: bool = False) -> list[dict]:
+                max_steps: int, scale: str, stability: bool = False,
+                stop_below: float | None = None) -> list[dict]:
     """All (alpha, spec) retrieval runs that share one pattern set ``(N, key)``.
 
     ``T`` is built incrementally over the sorted union of loads; each spec runs at its own
     loads. Dynamics start at the first ``min(M, n_probe)`` stored patterns (patterns are
-    i.i.d., so this is a random subset).
+    i.i.d., so this is a random subset). With ``stop_below``, a spec skips all larger loads
+    once its mean final overlap has fallen below that value (far past the breakdown, where
+    the dynamics are slowest and add nothing to a capacity estimate).
     """
+    stopped = [False] * len(specs)
     k_xi, k_q = jax.random.split(key)
     Ms_by_spec = [sorted({max(1, int(round(a * N))) for a in al}) for al in alphas_by_spec]
     all_M = sorted(set().union(*map(set, Ms_by_spec)))
@@ -232,8 +237,8 @@ def _sweep_unit(*, N: int, key, alphas_by_spec: list[list[float]], specs, n_prob
         T = hf.hebbian_update(T, xi[M_prev:M])
         M_prev = M
         P = min(M, n_probe)
-        for s, Ms in zip(specs, Ms_by_spec, strict=True):
-            if M not in Ms:
+        for i_s, (s, Ms) in enumerate(zip(specs, Ms_by_spec, strict=True)):
+            if M not in Ms or stopped[i_s]:
                 continue
             Q, info = _quantize(T, s, M=M, key=jax.random.fold_in(k_q, M), scale=scale)
             res = hf.retrieve(Q, xi[:P], max_steps=max_steps)
@@ -248,6 +253,7 @@ def _sweep_unit(*, N: int, key, alphas_by_spec: list[list[float]], specs, n_prob
                 rec["stable_bits"] = float(st["bits"])
                 rec["stable_patterns"] = float(st["patterns"])
             out.append(rec)
+            stopped[i_s] = stop_below is not None and rec["m_mean"] < stop_below
     return out
 
 
@@ -324,9 +330,11 @@ def compute_capacity(config: Mapping[str, Any],
                for f in factors] for i, s in enumerate(specs)]
         key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(int(config["seed"])),
                                                     N), k)
-        recs = _sweep_unit(N=N, key=key, alphas_by_spec=al, specs=specs,
-                           n_probe=int(config["n_probe"]), max_steps=int(config["max_steps"]),
-                           scale=config["scale"])
+        n_probe = int(config["n_probe"][str(N)] if isinstance(config["n_probe"], Mapping)
+                      else config["n_probe"])
+        recs = _sweep_unit(N=N, key=key, alphas_by_spec=al, specs=specs, n_probe=n_probe,
+                           max_steps=int(config["max_steps"]), scale=config["scale"],
+                           stop_below=thr - float(config["stop_margin"]))
         table.append(unit, {"records": recs})
     S, K, A = len(specs), len(Ns), len(factors)
     max_seeds = max(int(v) for v in config["seeds"].values())
@@ -346,6 +354,16 @@ def compute_capacity(config: Mapping[str, Any],
                 m_seeds[i, kN, j, row["seed_index"]] = rec["m_mean"]
                 w_seeds[i, kN, j, row["seed_index"]] = rec["P"]
                 r_acc[i, kN] += (rec["r"], 1.0)
+    # A unit that stopped early (overlap already < threshold - stop_margin) keeps its last
+    # value at the larger loads: an upper bound there, so the first drop is unaffected.
+    for i in range(S):
+        for k in range(K):
+            for sd in range(max_seeds):
+                done = np.nonzero(w_seeds[i, k, :, sd] > 0)[0]
+                if done.size and done[-1] < A - 1:
+                    last = done[-1]
+                    m_seeds[i, k, last + 1:, sd] = m_seeds[i, k, last, sd]
+                    w_seeds[i, k, last + 1:, sd] = w_seeds[i, k, last, sd]
     m = np.nansum(m_seeds * w_seeds, -1) / np.maximum(w_seeds.sum(-1), 1)
     m[w_seeds.sum(-1) == 0] = np.nan
     ac_N = np.array([[hf.capacity_from_curve(alpha[i, k], m[i, k], threshold=thr)
@@ -439,6 +457,40 @@ def compute_field_agreement(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
             "sheppard": np.asarray(correlation.sheppard(jnp.asarray(r))),
             "r_curve": r_curve,
             "sheppard_curve": np.asarray(correlation.sheppard(jnp.asarray(r_curve)))}
+
+
+# --- summaries against SCIENCE.md section 3 -------------------------------------------------
+
+#: Reference retrieval overlaps at N = 2000 (SCIENCE.md section 3): alpha -> spec label -> m.
+REFERENCE_OVERLAPS = {
+    0.10: {"float": 0.998, "sign": 0.982, "linear-2 corr": 0.993, "linear-3 corr": 0.998,
+           "exponential-3 corr": 0.998, "linear-4 corr": 0.998},
+    0.12: {"float": 0.992, "sign": 0.724, "linear-2 corr": 0.918, "linear-3 corr": 0.989,
+           "exponential-3 corr": 0.987, "linear-4 corr": 0.991},
+    0.14: {"float": 0.961, "sign": 0.422, "linear-2 corr": 0.698, "linear-3 corr": 0.878,
+           "exponential-3 corr": 0.917, "linear-4 corr": 0.947},
+    0.15: {"float": 0.703, "sign": 0.384, "linear-2 corr": 0.453, "linear-3 corr": 0.630,
+           "exponential-3 corr": 0.628, "linear-4 corr": 0.668},
+}
+
+
+def overlap_summary(d: Mapping[str, np.ndarray]) -> list[dict]:
+    """Rows ``{alpha, coupling, m_ours, m_ours_se, m_reference}`` from figure 2's arrays for
+    the loads and couplings of the SCIENCE.md reference table (ours: mean over seeds and
+    probes; se: standard error over seeds)."""
+    labels = [str(x) for x in d["labels"]]
+    alphas = np.asarray(d["alpha"])
+    rows = []
+    for a, ref in REFERENCE_OVERLAPS.items():
+        j = np.nonzero(np.isclose(alphas, a))[0]
+        for lab, m_ref in ref.items():
+            if lab not in labels or not j.size:
+                continue
+            m = d["m"][labels.index(lab), j[0]]
+            se = np.nanstd(m, ddof=1) / np.sqrt(m.size) if m.size > 1 else np.nan
+            rows.append({"alpha": a, "coupling": lab, "m_ours": round(float(np.nanmean(m)), 4),
+                         "m_ours_se": round(float(se), 4), "m_reference": m_ref})
+    return rows
 
 
 # --- figure 6: capacity table --------------------------------------------------------------

@@ -118,7 +118,9 @@ def quantize_couplings(
     ``quantize.fit(..., scheme=, bits=, fit=, **fit_kwargs)`` on ``fit_sample`` random
     off-diagonal elements drawn with ``key`` (``None``: on all of them), and every element
     is coded to its level. ``scheme="float"`` returns ``T`` unchanged. Positive rescaling
-    does not change the ``T = 0`` dynamics, so ``Q`` is returned in the quantizer's units.
+    does not change the ``T = 0`` dynamics, so ``Q`` is returned in the quantizer's units,
+    except for ``sign`` and ``linear`` levels, returned as integers (level / step) so that
+    local fields are exact sums (ties ``h = 0`` resolved exactly, energies exact).
 
     Hebbian couplings are integers of one parity (a lattice of step 2). Lloyd's iteration,
     a local method, gets trapped on such lattice data (3-bit ``r`` 0.979 instead of 0.982),
@@ -153,6 +155,9 @@ def quantize_couplings(
         sample = sample + jax.random.uniform(k_dither, sample.shape, minval=-1.0, maxval=1.0)
     q = quantize.fit(sample / unit, scheme=scheme, bits=bits, fit=fit, **fit_kwargs)
     Q = _code(T / unit, q)
+    if scheme in ("sign", "linear") and not fit_kwargs.get("gain"):
+        # equidistant levels: count in units of the step, so fields are exact integer sums
+        Q = jnp.round(Q / q.levels[-1] * quantize.n_positive(scheme, bits))
     params = {k: float(np.asarray(v)) for k, v in dict(q.params).items()
               if np.asarray(v).size == 1}
     r, zero_fraction = _report(T, Q)
@@ -188,27 +193,55 @@ def _sign_keep(h, s):
     return jnp.where(h > 0, 1.0, jnp.where(h < 0, -1.0, s))
 
 
-@functools.partial(jax.jit, static_argnames=("max_steps",))
-def sync_dynamics(T: jax.Array, s0: jax.Array, *, max_steps: int = 100):
+@functools.partial(jax.jit, static_argnames=("max_steps", "sparse_fraction"))
+def sync_dynamics(T: jax.Array, s0: jax.Array, *, max_steps: int = 100,
+                  sparse_fraction: float = 0.125):
     """Synchronous ``T = 0`` dynamics ``s <- sign(s T)`` of a batch of states.
 
-    ``T: (N, N)`` symmetric, ``s0: (B, N)`` of ±1. Stops when every state is a fixed point
-    or on a 2-cycle (the only attractors of synchronous symmetric dynamics), or after
-    ``max_steps`` updates. Returns ``(s: (B, N) float32, steps: int32, fixed: (B,) bool)``.
+    ``T: (N, N)`` symmetric, ``s0: (B, N)`` of ±1. A state stops (is frozen) once it is a
+    fixed point or on a 2-cycle (the only attractors of synchronous symmetric dynamics); the
+    run ends when all have stopped or after ``max_steps`` updates.
+
+    Local fields are carried along and updated with the flipped neurons only:
+    ``h += (s_new - s)[:, U] @ T[U]`` where ``U`` is the union of the neurons flipped in the
+    batch, when ``|U| <= sparse_fraction * N`` (a matmul ``1/sparse_fraction`` times smaller);
+    otherwise ``h = s_new @ T`` in full. With integer couplings (float Hebbian, sign, linear
+    codes) both are exact; otherwise they agree to float32 rounding. ``sparse_fraction=0``
+    always uses the full product.
+
+    Returns ``(s: (B, N) float32, steps: int32, fixed: (B,) bool)``.
     """
     s0 = s0.astype(jnp.float32)
+    B, N = s0.shape
+    K = int(sparse_fraction * N)
+
+    def full(s_new, s, h):
+        return s_new @ T
+
+    def sparse(s_new, s, h):
+        d = s_new - s
+        (U,) = jnp.nonzero(jnp.any(d != 0, axis=0), size=K, fill_value=0)
+        n = jnp.sum(jnp.any(d != 0, axis=0))
+        dU = jnp.where(jnp.arange(K) < n, jnp.take(d, U, axis=1), 0.0)  # zero the padding
+        return h + dU @ jnp.take(T, U, axis=0)
 
     def cond(c):
-        _, _, t, active = c
-        return (t < max_steps) & active
+        _, _, _, t, active = c
+        return (t < max_steps) & jnp.any(active)
 
     def body(c):
-        s_prev, s, t, _ = c
-        s_new = _sign_keep(s @ T, s)
+        s_prev, s, h, t, active = c
+        s_new = jnp.where(active[:, None], _sign_keep(h, s), s)
         settled = jnp.all(s_new == s, axis=-1) | jnp.all(s_new == s_prev, axis=-1)
-        return s, s_new, t + 1, ~jnp.all(settled)
+        if K > 0:
+            n_union = jnp.sum(jnp.any(s_new != s, axis=0))
+            h = jax.lax.cond(n_union <= K, sparse, full, s_new, s, h)
+        else:
+            h = full(s_new, s, h)
+        return s, s_new, h, t + 1, active & ~settled
 
-    _, s, t, _ = jax.lax.while_loop(cond, body, (s0, s0, jnp.int32(0), jnp.bool_(True)))
+    init = (s0, s0, s0 @ T, jnp.int32(0), jnp.ones((B,), bool))
+    _, s, _, t, _ = jax.lax.while_loop(cond, body, init)
     fixed = jnp.all(_sign_keep(s @ T, s) == s, axis=-1)
     return s, t, fixed
 

@@ -56,6 +56,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ __all__ = [
     "default_cache_dir",
     "cache_path",
     "Images",
+    "UnreadableImagesWarning",
     "load",
     "select",
     "EvalResult",
@@ -333,6 +335,9 @@ def from_hf(
         indices; 1000 other names or plain integers are taken as standard indices.
       name: tag for cache and reports.
       **load_kwargs: passed to ``datasets.load_dataset``.
+
+    The cache key includes the dataset's ``_fingerprint``: stable for ``load_dataset`` results,
+    random for datasets built in memory (their crops are then decoded again in a new process).
     """
     import datasets as hfds
 
@@ -383,8 +388,9 @@ def from_hf(
 
 
 def open_source(path: str | os.PathLike, labels_file: str | os.PathLike | None = None) -> Source:
-    """A folder as a source: class subfolders, or flat with ``labels_file``
-    (default: ``labels.txt`` / ``val.txt`` next to or inside it, with images in ``images/``)."""
+    """A folder as a source: flat images plus ``labels_file``; else, when ``path`` holds a
+    ``labels.txt`` or ``val.txt``, that file with the images in ``path/images/`` (or ``path``);
+    else class subfolders (:func:`from_class_folders`)."""
     path = Path(path).expanduser()
     if labels_file is not None:
         return from_ground_truth(path, labels_file)
@@ -550,6 +556,10 @@ class Images:
         )
 
 
+class UnreadableImagesWarning(UserWarning):
+    """Some images could not be read; they stay in the denominator and count as wrong."""
+
+
 def _decode_one(source: Source, i: int, size: int, policy: str, raw: bytes | None):
     try:
         if raw is None:
@@ -632,6 +642,14 @@ def _build(source: Source, path: Path, *, size: int, policy: str, workers: int, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if errors:
+        first = "; ".join(f"{i}: {r}" for i, r in errors[:3])
+        warnings.warn(
+            f"{len(errors)} of {n} images of {source.name!r} could not be read; they count as "
+            f"wrong in every evaluation (first: {first}). Full list: {path / 'meta.json'}",
+            UnreadableImagesWarning,
+            stacklevel=3,
+        )
 
 
 def load(

@@ -353,10 +353,34 @@ def _moments(rows, method: str, bins: int):
     return jax.jit(jax.vmap(f))(rows)
 
 
-def fit(w: jax.Array, *, scheme: str, bits: int, fit: str = "corr",
+def moments(w: jax.Array, *, granularity: str = "tensor", channel_axis: int = -1,
+            method: str = "histogram", bins: int = 2048):
+    """Partial-moment tables of ``|w|`` (one pass), batched ``(C, ...)`` over channels.
+
+    Pass the result as ``fit(w, ..., table=m)`` to fit many schemes and bit widths from one
+    pass over the weights (each fit then costs O(levels) per candidate).
+    """
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    _check_finite(w)
+    xp = jnp if _is_tracer(w) else np
+    w = xp.asarray(w, xp.float32)
+    if granularity == "channel":
+        if w.ndim == 0:
+            raise ValueError("per-channel quantization needs an array with a channel axis")
+        ax = channel_axis % w.ndim
+        rows = xp.moveaxis(w, ax, 0).reshape(w.shape[ax], -1)
+    else:
+        rows = w.reshape(1, -1)
+    return _moments(rows, method, bins)
+
+
+def fit(w: jax.Array | None, *, scheme: str, bits: int, fit: str = "corr",
         granularity: str = "tensor", channel_axis: int = -1, gain: bool = False,
         rounding: str = "linear", base: float | None = None, method: str = "histogram",
-        bins: int = 2048) -> Quantizer:
+        bins: int = 2048, table=None) -> Quantizer:
     """Fit a quantizer to weights ``w`` (any shape).
 
     Args:
@@ -370,25 +394,19 @@ def fit(w: jax.Array, *, scheme: str, bits: int, fit: str = "corr",
       base: fixed exponential base ``a`` in (0, 1); ``None`` fits it.
       method: partial moments from the exact sorted ``"sample"`` or from a ``"histogram"``
         of ``bins`` bins per tensor/channel (one pass; each candidate then costs O(levels)).
+      table: moments from :func:`moments` (same granularity) to skip the pass over ``w``.
     Returns:
       A :class:`Quantizer`; ``levels: (L,)`` per tensor or ``(C, L)`` per channel.
     """
     check_args(scheme, bits, fit, granularity, rounding, method)
     if base is not None and not 0.0 < float(base) < 1.0:
         raise ValueError(f"base must lie in (0, 1), got {base}")
-    _check_finite(w)
-    xp = jnp if _is_tracer(w) else np
-    w = xp.asarray(w, xp.float32)
-    if granularity == "channel":
-        if w.ndim == 0:
-            raise ValueError("per-channel quantization needs an array with a channel axis")
-        channel_axis = channel_axis % w.ndim
-        rows = xp.moveaxis(w, channel_axis, 0).reshape(w.shape[channel_axis], -1)
-    else:
-        rows = w.reshape(1, -1)
-    mom = _moments(rows, method, bins)
+    mom = table if table is not None else moments(
+        w, granularity=granularity, channel_axis=channel_axis, method=method, bins=bins)
+    if granularity == "channel" and w is not None:
+        channel_axis = channel_axis % np.ndim(w)
     kw = dict(scheme=scheme, bits=bits, fit=fit, gain=gain, rounding=rounding, base=base)
-    C = rows.shape[0]
+    C = mom.m2.shape[0]
     if granularity == "tensor":
         levels, thresholds, params = _fit_table(mom, **kw)
         return Quantizer(levels=levels[0], thresholds=thresholds[0],

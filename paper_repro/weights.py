@@ -16,8 +16,8 @@ registry model. Layers are matched by name; where names differ (Keras auto-names
 by creation order within their kind, and any remaining layers by order. Every match is
 checked for shape, and a mismatch names the layer.
 
-:func:`fetch` downloads an official file to a cache folder (``~/.cache/paper_repro/weights``
-or ``$PAPER_REPRO_CACHE``), verifying the checksum Keras publishes; offline it fails fast and
+:func:`fetch` downloads an official file to a cache folder (``$PAPER_REPRO_CACHE/weights``,
+default ``~/.cache/paper_repro/weights``), verifying the checksum Keras publishes; offline it fails fast and
 says which file to download from where and where to put it.
 """
 
@@ -40,7 +40,7 @@ from paper_repro.models import ModelSpec
 
 __all__ = [
     "WeightsUnavailableError",
-    "cache_dir",
+    "cache_folder",
     "fetch",
     "file_hash",
     "info",
@@ -68,15 +68,15 @@ class WeightsUnavailableError(FileNotFoundError):
 # --------------------------------------------------------------------------- locations
 
 
-def cache_dir(path: str | os.PathLike | None = None) -> Path:
-    """The weight cache folder: ``path``, else ``$PAPER_REPRO_CACHE``, else
-    ``~/.cache/paper_repro/weights``."""
+def cache_folder(path: str | os.PathLike | None = None) -> Path:
+    """The weight cache folder: ``path``, else ``$PAPER_REPRO_CACHE/weights``, else
+    ``~/.cache/paper_repro/weights`` (the package's cache root, shared with the ImageNet
+    image cache)."""
     if path is not None:
         return Path(path).expanduser()
     env = os.environ.get("PAPER_REPRO_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "paper_repro" / "weights"
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "paper_repro"
+    return root / "weights"
 
 
 def shared_data_dir() -> Path | None:
@@ -285,10 +285,11 @@ def match_layers(
         got = _shapes(expected[m], found[f])
         if want != got:
             where = f"layer {m!r}" if m == f else f"model layer {m!r} (file layer {f!r})"
+            file_shapes = {v: tuple(np.shape(a)) for v, a in found[f].items()}
             raise ValueError(
-                f"shape mismatch at {where}: the model expects {dict(zip(expected[m], want))}, "
-                f"the file has {dict(zip(found[f], [tuple(np.shape(a)) for a in found[f].values()]))}; wrong architecture, alpha, "
-                "include_top or number of classes?"
+                f"shape mismatch at {where}: the model expects {dict(expected[m])}, "
+                f"the file has {file_shapes}; wrong architecture, alpha, include_top or "
+                "number of classes?"
             )
     return {m: mapping[m] for m in expected}
 
@@ -378,7 +379,7 @@ def _check_hash(path: Path, expected: str | None) -> str | None:
 
 def fetch(
     name: str | ModelSpec,
-    cache: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
     *,
     alpha: float | None = None,
     include_top: bool = True,
@@ -390,7 +391,7 @@ def fetch(
 ) -> Path:
     """The path of the official weight file for a model, downloading it if needed.
 
-    Looks in the cache folder (:func:`cache_dir`), then in ``<shared data>/keras-weights/``;
+    Looks in the cache folder (:func:`cache_folder`), then in ``<shared data>/keras-weights/``;
     otherwise downloads ``url`` (default: the official Keras-applications URL) with
     ``opener`` (default ``urllib.request.urlopen``, called as ``opener(url, timeout=...)``)
     to ``<cache>/<file name>`` and verifies ``expected_hash`` ("official": the checksum
@@ -402,7 +403,7 @@ def fetch(
     wf = spec.weights
     url = url or wf.url
     want = wf.hash if expected_hash == "official" else expected_hash
-    folder = cache_dir(cache)
+    folder = cache_folder(cache_dir)
     dest = folder / wf.file_name
 
     if dest.is_file():
@@ -427,8 +428,8 @@ def fetch(
         raise WeightsUnavailableError(
             f"could not download {wf.file_name} ({type(e).__name__}: {e}). "
             f"Download it yourself from {url}{check} and put it at {dest} "
-            f"(e.g. curl -L -o {dest} {url}); or set PAPER_REPRO_CACHE to the folder that "
-            "holds it"
+            f"(e.g. curl -L -o {dest} {url}), or pass the folder that holds it as the cache "
+            "folder"
         ) from None
     try:
         _check_hash(part, want)
@@ -444,8 +445,8 @@ def load_pretrained(
     alpha: float | None = None,
     *,
     include_top: bool = True,
-    cache: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> tuple[ModelSpec, dict[str, dict[str, np.ndarray]]]:
     """``(spec, params)`` with the official ImageNet weights (:func:`fetch` then :func:`load`)."""
     spec = models.get(name, alpha, include_top=include_top)
-    return spec, load(spec, fetch(spec, cache))
+    return spec, load(spec, fetch(spec, cache_dir))

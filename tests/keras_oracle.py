@@ -69,9 +69,9 @@ def build(
 ):
     """A ``keras.applications`` model with weights=None and randomized weights/statistics.
 
-    Every kernel and bias is redrawn (std matched to fan-in so activations stay O(1)); batch
-    norm gets gamma ~ U(0.5, 1.5), beta ~ N(0, 0.1), moving_mean ~ N(0, 0.1), moving_variance
-    ~ U(0.5, 1.5). ``seed`` fixes the draw (numpy Generator, not global state).
+    Every kernel is redrawn N(0, 2 / fan_in), bias N(0, 0.1); batch norm gets gamma ~
+    U(0.5, 1.5), beta ~ N(0, 0.1) and moving statistics calibrated on random inputs then
+    jittered (see ``_calibrate_batch_norm``). ``seed`` fixes every draw (numpy Generator).
     """
     k = keras()
     kwargs = dict(
@@ -90,22 +90,45 @@ def build(
         for v in layer.weights:
             shape, var = tuple(v.shape), v.path.rsplit("/", 1)[-1]
             if var in ("kernel", "depthwise_kernel", "pointwise_kernel"):
-                fan_in = int(np.prod(shape[:-1])) if var != "depthwise_kernel" else int(
-                    np.prod(shape[:2])
-                )
+                fan_in = int(np.prod(shape[:2] if var == "depthwise_kernel" else shape[:-1]))
                 value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
             elif var == "bias":
                 value = rng.normal(0.0, 0.1, shape)
             elif var == "gamma":
                 value = rng.uniform(0.5, 1.5, shape)
-            elif var in ("beta", "moving_mean"):
+            elif var == "beta":
                 value = rng.normal(0.0, 0.1, shape)
-            elif var == "moving_variance":
-                value = rng.uniform(0.5, 1.5, shape)
             else:
                 continue
             v.assign(value.astype(np.float32))
+    _calibrate_batch_norm(model, rng.normal(size=(4, input_size, input_size, 3)), rng)
     return model
+
+
+def _calibrate_batch_norm(model, x, rng) -> None:
+    """Set every batch norm's moving statistics to its batch statistics on ``x`` (one jitted
+    training-mode pass with momentum 0), then jitter them: activations stay O(1) through the
+    whole random network (no saturation, outputs depend on the input), and the statistics
+    are still arbitrary numbers that the port must use exactly."""
+    import jax
+
+    k = keras()
+    bns = [layer for layer in model.layers if isinstance(layer, k.layers.BatchNormalization)]
+    if not bns:
+        return
+    for layer in bns:
+        layer.momentum = 0.0
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    step = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=True)[1])
+    values = step(trainable, non_trainable, x)
+    for v, value in zip(model.non_trainable_variables, values, strict=True):
+        v.assign(value)
+    for layer in bns:
+        var = np.asarray(layer.moving_variance)
+        mean = np.asarray(layer.moving_mean) + rng.normal(0.0, 0.1, var.shape) * np.sqrt(var)
+        layer.moving_mean.assign(mean.astype(np.float32))
+        layer.moving_variance.assign((var * rng.uniform(0.7, 1.4, var.shape)).astype(np.float32))
 
 
 def save_legacy_h5(model, path, *, full_model: bool = False) -> str:

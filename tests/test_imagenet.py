@@ -130,7 +130,8 @@ def test_hf_imagefolder_matches_class_folders(tiny, tmp_path, monkeypatch):
     got = sorted((h.read(i), int(h.labels[i])) for i in range(len(h)))
     want = sorted((a.read(i), int(a.labels[i])) for i in range(len(a)))
     assert got == want  # labels mapped from folder names to standard indices (0, 1, 999)
-    d = imagenet.load(h, size=24, policy="crop", cache_dir=tmp_path / "c", progress=False)
+    with pytest.warns(imagenet.UnreadableImagesWarning, match="1 of 7 images"):
+        d = imagenet.load(h, size=24, policy="crop", cache_dir=tmp_path / "c", progress=False)
     assert d.images.shape == (7, 24, 24, 3) and int((~d.valid).sum()) == 1
 
 
@@ -207,7 +208,8 @@ def test_preprocess_agrees_with_model_registry():
 def test_cache_decodes_once_and_reports_errors(tiny, tmp_path, monkeypatch):
     src = imagenet.from_ground_truth(tiny["flat"], tiny["labels"])
     monkeypatch.setenv("PAPER_REPRO_CACHE", str(tmp_path))
-    d = imagenet.load(src, size=28, policy="resize32", progress=False)
+    with pytest.warns(imagenet.UnreadableImagesWarning, match="UnidentifiedImageError"):
+        d = imagenet.load(src, size=28, policy="resize32", progress=False)
     assert Path(d.meta["path"]).is_relative_to(tmp_path)
     assert isinstance(d.images, np.memmap) and d.images.shape == (7, 28, 28, 3)
     assert d.images.dtype == np.uint8
@@ -245,7 +247,8 @@ def test_missing_listed_file_counts_as_error(tiny, tmp_path):
     (tmp_path / "labels.txt").write_text(lines)
     src = imagenet.from_ground_truth(tiny["flat"], tmp_path / "labels.txt")
     assert src.info["missing"] == 1 and len(src) == 8
-    d = imagenet.load(src, size=16, policy="crop", cache_dir=tmp_path, progress=False)
+    with pytest.warns(imagenet.UnreadableImagesWarning, match="2 of 8 images"):
+        d = imagenet.load(src, size=16, policy="crop", cache_dir=tmp_path, progress=False)
     reasons = dict(d.errors)
     assert "FileNotFoundError" in reasons["ILSVRC2012_val_00099999.JPEG"]
     assert len(d.errors) == 2
@@ -388,7 +391,8 @@ def test_subsets_and_paired_comparison():
 def test_evaluate_on_cached_jpegs(tiny, tmp_path):
     """End to end on real JPEG files: load -> cache -> evaluate with a constant model."""
     src = imagenet.from_ground_truth(tiny["flat"], tiny["labels"])
-    d = imagenet.load(src, size=16, policy="resize20", cache_dir=tmp_path, progress=False)
+    with pytest.warns(imagenet.UnreadableImagesWarning):
+        d = imagenet.load(src, size=16, policy="resize20", cache_dir=tmp_path, progress=False)
     import jax.numpy as jnp
 
     def always_class_0(params, x):

@@ -9,10 +9,10 @@ the asymmetric "same"/ZeroPadding rules of strided layers on both parities.
 
 from __future__ import annotations
 
+import keras_oracle as ko
 import numpy as np
 import pytest
 
-import keras_oracle as ko
 from paper_repro import models
 from paper_repro import weights as W
 
@@ -83,7 +83,9 @@ def test_params_are_keras_named_dicts_in_keras_layouts():
     assert list(shapes["conv1_bn"]) == ["gamma", "beta", "moving_mean", "moving_variance"]
     assert shapes["conv_preds"] == {"kernel": (1, 1, 768, 1000), "bias": (1000,)}
     inc = models.get("inception_v3").param_shapes()
-    assert inc["batch_normalization_1"] == {k: (32,) for k in ("beta", "moving_mean", "moving_variance")}
+    assert inc["batch_normalization_1"] == {
+        k: (32,) for k in ("beta", "moving_mean", "moving_variance")
+    }
     xc = models.get("xception").param_shapes()
     assert list(xc["block2_sepconv1"]) == ["depthwise_kernel", "pointwise_kernel"]
     assert xc["predictions"] == {"kernel": (2048, 1000), "bias": (1000,)}
@@ -152,23 +154,24 @@ ORACLE_CASES = [
     ("vgg16", None, 32),
     ("resnet50", None, 35),
     ("xception", None, 71),
-    ("inception_v3", None, 75),
+    pytest.param("inception_v3", None, 75, marks=pytest.mark.slow),
     ("mobilenet_v2", 0.35, 35),
     ("mobilenet", 0.75, 35),
 ]
 
 
-def _compare(spec, params, x, want, softmax=False):
+def _compare(spec, params, x, want, softmax=False, min_sensitivity=1e-2):
     got = np.asarray(models.make_apply(spec, softmax=softmax)(params, x))
     assert got.shape == want.shape
     scale = np.max(np.abs(want))
-    assert scale > 0 and np.std(want) > 1e-3 * scale, "degenerate oracle output"
+    # a random network must not be saturated: its output has to depend on the input
+    assert scale > 0 and np.std(want, axis=0).mean() > min_sensitivity * scale, "degenerate oracle"
     np.testing.assert_allclose(got, want, rtol=0, atol=RTOL * scale)
     return got
 
 
 @pytest.mark.oracle
-@pytest.mark.parametrize(("name", "alpha", "size"), ORACLE_CASES, ids=[c[0] for c in ORACLE_CASES])
+@pytest.mark.parametrize(("name", "alpha", "size"), ORACLE_CASES, ids=lambda v: v if isinstance(v, str) else None)
 def test_port_matches_keras_with_top(tmp_path, name, alpha, size):
     model = ko.build(name, input_size=size, include_top=True, classes=10, alpha=alpha, seed=1)
     path = ko.save_legacy_h5(model, tmp_path / f"{name}.h5")
@@ -178,11 +181,11 @@ def test_port_matches_keras_with_top(tmp_path, name, alpha, size):
     params = W.load(spec, path, input_size=size)
     _compare(spec, params, x, want)
     # the loaded values matter: shifting the first moving mean (or bias) changes the output
-    layer, var = next(
-        (k, v) for k, d in params.items() for v in ("moving_mean", "bias") if v in d
-    )
+    layer, var = next((k, v) for k, d in params.items() for v in ("moving_mean", "bias") if v in d)
     moved = {**params, layer: {**params[layer], var: params[layer][var] + 1.0}}
-    assert not np.allclose(models.make_apply(spec)(moved, x), want, atol=RTOL * np.max(np.abs(want)))
+    assert not np.allclose(
+        models.make_apply(spec)(moved, x), want, atol=RTOL * np.max(np.abs(want))
+    )
 
 
 @pytest.mark.oracle
@@ -213,7 +216,8 @@ def test_mobilenet_full_size_softmax_matches_keras(tmp_path):
     W.save_h5(keras_params, path)  # the Keras 2 layout of the official files
     x = np.random.default_rng(6).normal(size=(2, 224, 224, 3)).astype(np.float32)
     want = ko.run(model, x)
-    got = _compare(spec, W.load(spec, path), x, want, softmax=True)
+    # 1000-way softmax of a random network: probabilities near 1/1000, less spread
+    got = _compare(spec, W.load(spec, path), x, want, softmax=True, min_sensitivity=1e-3)
     np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)
     assert (got.argmax(-1) == want.argmax(-1)).all()
 
@@ -223,9 +227,11 @@ def test_mobilenet_full_size_softmax_matches_keras(tmp_path):
 
 def _shared_data():
     root = W.shared_data_dir()
-    if root is None or not (root / "keras-weights" / "mobilenet_7_5_224_tf.h5").is_file() or not (
-        root / "imagenet-val-1300" / "labels.txt"
-    ).is_file():
+    if (
+        root is None
+        or not (root / "keras-weights" / "mobilenet_7_5_224_tf.h5").is_file()
+        or not (root / "imagenet-val-1300" / "labels.txt").is_file()
+    ):
         pytest.skip(
             "real data absent: set PAPER_REPRO_SHARED_DATA to the folder holding "
             "keras-weights/ and imagenet-val-1300/"
@@ -236,10 +242,16 @@ def _shared_data():
 def _centre_crops(root, n, size=224):
     from PIL import Image
 
-    rows = [line.split() for line in (root / "imagenet-val-1300" / "labels.txt").read_text().splitlines() if line.strip()][:n]
+    rows = [
+        line.split()
+        for line in (root / "imagenet-val-1300" / "labels.txt").read_text().splitlines()
+        if line.strip()
+    ][:n]
     images = []
     for file_name, _ in rows:
-        im = np.asarray(Image.open(root / "imagenet-val-1300" / "images" / file_name).convert("RGB"))
+        im = np.asarray(
+            Image.open(root / "imagenet-val-1300" / "images" / file_name).convert("RGB")
+        )
         t, left = (im.shape[0] - size) // 2, (im.shape[1] - size) // 2
         images.append(im[t : t + size, left : left + size])
     return np.stack(images), np.array([int(c) for _, c in rows])
@@ -261,7 +273,11 @@ def test_real_mobilenet_agrees_with_keras_on_imagenet_images():
     with ko._cheap_initializers():
         model = k.applications.MobileNet(alpha=0.75, weights=None)
     model.load_weights(str(path))
-    probs = model.predict(k.applications.mobilenet.preprocess_input(images.astype(np.float32)), batch_size=50, verbose=0)
+    probs = model.predict(
+        k.applications.mobilenet.preprocess_input(images.astype(np.float32)),
+        batch_size=50,
+        verbose=0,
+    )
 
     agree = np.mean(logits.argmax(-1) == probs.argmax(-1))
     assert agree >= 0.99

@@ -176,10 +176,8 @@ def _served_file(tmp_path, payload=b"not really weights"):
 @pytest.mark.parametrize("algo", ["md5", "sha256"])
 def test_fetch_file_url_verifies_checksum_and_caches(isolated, algo):
     src, md5, sha = _served_file(isolated)
-    path = W.fetch(
-        "vgg16", url=src.as_uri(), expected_hash=md5 if algo == "md5" else sha
-    )
-    assert path == isolated / "cache" / "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
+    path = W.fetch("vgg16", url=src.as_uri(), expected_hash=md5 if algo == "md5" else sha)
+    assert path == isolated / "cache" / "weights" / "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
     assert path.read_bytes() == src.read_bytes()
 
     def no_network(*a, **k):
@@ -192,7 +190,7 @@ def test_fetch_bad_checksum_leaves_nothing(isolated):
     src, _, _ = _served_file(isolated)
     with pytest.raises(ValueError, match="expected 0{32}"):
         W.fetch("resnet50", url=src.as_uri(), expected_hash="0" * 32)
-    assert not any((isolated / "cache").iterdir())
+    assert not any((isolated / "cache" / "weights").iterdir())
     # the official checksum applies by default
     with pytest.raises(ValueError, match="2cb95161c43110f7111970584f804107"):
         W.fetch("resnet50", url=src.as_uri())
@@ -213,7 +211,7 @@ def test_fetch_offline_fails_fast_with_instructions(isolated):
     url = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/mobilenet_7_5_224_tf.h5"
     assert calls == [(url, 3)]
     assert url in msg
-    assert str(isolated / "cache" / "mobilenet_7_5_224_tf.h5") in msg
+    assert str(isolated / "cache" / "weights" / "mobilenet_7_5_224_tf.h5") in msg
     assert isinstance(e.value, FileNotFoundError)
 
 
@@ -227,12 +225,12 @@ def test_fetch_finds_shared_data_copy(tmp_path, monkeypatch):
     assert path == shared / "keras-weights" / "mobilenet_7_5_224_tf.h5"
 
 
-def test_cache_dir_resolution(monkeypatch, tmp_path):
+def test_cache_folder_resolution(monkeypatch, tmp_path):
     monkeypatch.setenv("PAPER_REPRO_CACHE", str(tmp_path))
-    assert W.cache_dir() == tmp_path
-    assert W.cache_dir(tmp_path / "x") == tmp_path / "x"
+    assert W.cache_folder() == tmp_path / "weights"
+    assert W.cache_folder(tmp_path / "x") == tmp_path / "x"
     monkeypatch.delenv("PAPER_REPRO_CACHE")
-    assert W.cache_dir() == Path.home() / ".cache" / "paper_repro" / "weights"
+    assert W.cache_folder() == Path.home() / ".cache" / "paper_repro" / "weights"
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -286,5 +284,8 @@ def test_real_mobilenet_file_loads_and_md5_is_reported():
     assert sum(a.size for d in params.values() for a in d.values()) == 2_601_976
     assert params["conv_dw_1"]["depthwise_kernel"].shape == (3, 3, 24, 1)
     assert params["conv_preds"]["kernel"].shape == (1, 1, 768, 1000)
-    # fetch finds the shared copy when the cache is empty
-    assert W.fetch(spec, cache=path.parent / "no-such-cache-dir") == path
+    # fetch (and load_pretrained) find the shared copy when the cache is empty
+    assert W.fetch(spec, cache_dir=path.parent / "no-such-cache-dir") == path
+    spec2, params2 = W.load_pretrained("mobilenet", 0.75, cache_dir=path.parent / "no-such-dir")
+    assert spec2 == spec
+    assert_same(params2, params)

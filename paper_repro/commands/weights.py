@@ -22,8 +22,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="fetch and inspect the official Keras-applications ImageNet weight files",
         description=(
             "Download an official Keras-applications weight file (checksum verified) into "
-            "the cache (--cache-dir, else $PAPER_REPRO_CACHE, else ~/.cache/paper_repro/"
-            "weights), list the models, or summarize a legacy Keras .h5 weight file."
+            "the cache (--cache-dir, else $PAPER_REPRO_CACHE/weights, else "
+            "~/.cache/paper_repro/weights), list the models, or summarize a legacy Keras .h5 weight file."
         ),
     )
     sub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
@@ -48,7 +48,9 @@ def run(args) -> int:
         spec = models.get(args.name, args.alpha, include_top=not args.no_top)
         path = W.fetch(spec, args.cache_dir, timeout=args.timeout)
         md5 = W.file_hash(path, "md5")
-        print(f"{path}\nmd5 {md5}" + ("" if spec.weights.hash else " (Keras publishes no checksum)"))
+        print(
+            f"{path}\nmd5 {md5}" + ("" if spec.weights.hash else " (Keras publishes no checksum)")
+        )
         return 0
     if args.weights_command == "info":
         rep = W.info(args.file)
@@ -56,9 +58,7 @@ def run(args) -> int:
             print(json.dumps(rep, indent=1))
             return 0
         print(f"{rep['path']}")
-        print(
-            f"md5 {rep['md5']}  keras_version {rep['keras_version']}  backend {rep['backend']}"
-        )
+        print(f"md5 {rep['md5']}  keras_version {rep['keras_version']}  backend {rep['backend']}")
         width = max((len(r["name"]) for r in rep["layers"]), default=5)
         for r in rep["layers"]:
             shapes = "  ".join(f"{v}{tuple(s)}" for v, s in r["vars"].items())

@@ -188,8 +188,8 @@ def relu6(x):
 
 def zero_pad(x, padding):
     """Keras ``ZeroPadding2D(((top, bottom), (left, right)))`` on NHWC."""
-    (t, b), (l, r) = padding
-    return jnp.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+    (top, bottom), (left, right) = padding
+    return jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
 
 
 def max_pool(x, pool_size, strides=None, padding="valid"):

@@ -78,14 +78,28 @@ class ModelSpec:
     classes: int = 1000
 
     def init(self, key: jax.Array, input_size: int | None = None) -> dict:
-        """Random params (Keras default initializers; batch norm the identity), as numpy.
+        """Random params as numpy float32, in Keras weight-file order, with Keras's default
+        initializers: kernels glorot-uniform, biases and ``beta`` 0, ``gamma`` 1, moving mean
+        0, moving variance 1 (batch norm the identity).
 
-        ``key``: PRNG key. Returns ``{layer: {var: array}}`` in Keras weight-file order.
+        ``key``: a JAX PRNG key; the draw is a numpy Generator seeded from its bits (no XLA
+        compilation, deterministic per key).
         """
-        s = input_size or self.input_size
-        params = _jit_init(self.module)(key, jnp.zeros((1, s, s, 3), jnp.float32))["params"]
-        order = self.layer_order(s)
-        return {k: {v: np.asarray(a) for v, a in _sorted_vars(params[k])} for k in order}
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+        params = {}
+        for layer, shapes in self.param_shapes(input_size).items():
+            params[layer] = {}
+            for var, shape in shapes.items():
+                if var.endswith("kernel"):
+                    receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+                    limit = np.sqrt(6.0 / ((shape[-2] + shape[-1]) * receptive))
+                    value = rng.uniform(-limit, limit, shape)
+                elif var in ("gamma", "moving_variance"):
+                    value = np.ones(shape)
+                else:
+                    value = np.zeros(shape)
+                params[layer][var] = value.astype(np.float32)
+        return params
 
     def param_shapes(self, input_size: int | None = None) -> dict[str, dict[str, tuple]]:
         """``{layer: {var: shape}}`` in creation (= Keras weight-file) order; no compute."""
@@ -111,12 +125,6 @@ _VAR_ORDER = (
 def _sorted_vars(d) -> list[tuple[str, Any]]:
     rank = {v: i for i, v in enumerate(_VAR_ORDER)}
     return sorted(d.items(), key=lambda kv: rank.get(kv[0], len(rank)))
-
-
-@functools.lru_cache(maxsize=16)
-def _jit_init(module: nn.Module):
-    # one compiled program instead of one compile per eagerly-run op and tensor shape
-    return jax.jit(module.init)
 
 
 @functools.lru_cache(maxsize=64)

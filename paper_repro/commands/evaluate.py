@@ -1,0 +1,95 @@
+"""``paper-repro evaluate``: top-1/top-5 of a Keras-applications model, float or quantized.
+
+Examples::
+
+  paper-repro evaluate --model mobilenet --alpha 0.75 --weights mobilenet_7_5_224_tf.h5 \\
+      --data imagenet-val-1300/images --labels imagenet-val-1300/labels.txt --policy crop --json
+  paper-repro evaluate --model resnet50 --weights resnet50_weights_tf_dim_ordering_tf_kernels.h5 \\
+      --data /data/imagenet/val --scheme exponential --fit corr --bits 4 --granularity channel
+
+``--data`` is a folder of class subfolders (``n01440764/*.JPEG``) or a flat folder with
+``--labels`` (``<file> <class index>`` lines). Images are decoded once into the cache
+(``$PAPER_REPRO_CACHE``). Without ``--scheme`` the float model is evaluated; with it, the
+selected kernels are quantized (no retraining), and the drop vs float on the same images is
+reported with a bootstrap interval and McNemar's test. ``--model digits_cnn`` runs the
+embedded digits CNN (no weights or data needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from paper_repro import quantize as Q
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("evaluate", help="top-1/top-5 of a float or quantized model",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True,
+                   help="vgg16, resnet50, xception, inception_v3, mobilenet_v2, mobilenet, "
+                        "or digits_cnn (embedded)")
+    p.add_argument("--alpha", type=float, default=None, help="MobileNet width multiplier")
+    p.add_argument("--weights", help="Keras .h5 weight file (or a packed .pq file)")
+    p.add_argument("--data", help="ImageNet validation folder")
+    p.add_argument("--labels", help="ground-truth file for a flat --data folder")
+    p.add_argument("--policy", default="resize",
+                   help="'resize' (shorter side 256/342, centre crop; default), 'resize<N>', "
+                        "or 'crop' (centre crop, no resize)")
+    p.add_argument("--scheme", choices=Q.SCHEMES, default=None, help="quantize (default: float)")
+    p.add_argument("--fit", choices=Q.FITS, default="corr")
+    p.add_argument("--bits", type=int, default=None)
+    p.add_argument("--granularity", choices=Q.GRANULARITIES, default="tensor")
+    p.add_argument("--gain", action="store_true", help="least-squares gain after fitting")
+    p.add_argument("--rounding", choices=Q.ROUNDINGS, default="linear")
+    p.add_argument("--select", default=r".*kernel", help="regex of parameter paths to quantize")
+    p.add_argument("--keep-float", nargs="*", default=[],
+                   help="regexes of paths kept in float (e.g. conv1 predictions)")
+    p.add_argument("--limit", type=int, default=None, help="first K images")
+    p.add_argument("--per-class", type=int, default=None, help="first K images of each class")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def run(args) -> int:
+    from paper_repro import experiments_imagenet as E
+
+    if args.scheme is not None and args.bits is None:
+        raise ValueError("--scheme needs --bits")
+    progress = not (args.no_progress or args.json)
+    if args.model == "digits_cnn":
+        task = E.digits_task()
+    else:
+        if not args.weights or not args.data:
+            raise ValueError("--weights and --data are required for ImageNet models "
+                             "(see `paper-repro weights fetch --help` and data/README.md)")
+        task = E.imagenet_task(args.model, weights=args.weights, data=args.data,
+                               labels=args.labels, alpha=args.alpha, policy=args.policy,
+                               batch_size=args.batch_size, progress=progress)
+    cfg = E.QuantConfig(scheme=args.scheme, fit=args.fit, bits=args.bits or 0,
+                        granularity=args.granularity, gain=args.gain, rounding=args.rounding,
+                        select=args.select, keep_float=tuple(args.keep_float))
+    float_res = None
+    if args.scheme is not None:
+        float_res = E.evaluate_params(task, task.params, limit=args.limit,
+                                      per_class=args.per_class, progress=progress)
+    row, res = E.evaluate_config(task, cfg, float_result=float_res, limit=args.limit,
+                                 per_class=args.per_class, progress=progress)
+    if float_res is not None:
+        row["float_top1"] = round(100 * float_res.top1, 4)
+        row["float_top5"] = round(100 * float_res.top5, 4)
+    if args.scheme is None:
+        row.update({"scheme": None, "fit": None, "bits": 32, "granularity": None})
+    if args.json:
+        print(json.dumps(row, default=float))
+    else:
+        print(f"{task.name} {cfg.label()}: {res}")
+        if float_res is not None:
+            print(f"float: {float_res}")
+            print(f"drop top-1 {row['top1_drop']:+.2f} points "
+                  f"[{row['top1_drop_low']:+.2f}, {row['top1_drop_high']:+.2f}], "
+                  f"McNemar p = {row['top1_mcnemar_p']:.3g}; compression x"
+                  f"{row['compression_ratio']:.2f}; mean r {row['r_mean']:.4f}")
+    return 0
