@@ -81,14 +81,38 @@ class QuantConfig:
     select: str = DEFAULT_SELECT
     keep_float: tuple[str, ...] = ()
     method: str = "histogram"
+    # Data-free repairs (paper_repro.correction); off by default.
+    bias_correction: bool = False
+    mean_preserving: bool = False
+    fold_bn: bool = False
+    equalize: bool = False
+    avg_bits: float | None = None
 
     def key(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as a dict; the repair switches appear only when set (so the keys of
+        sweeps made before they existed stay valid)."""
+        d = dataclasses.asdict(self)
+        for k in _REPAIRS:
+            if d[k] == _REPAIR_DEFAULTS[k]:
+                del d[k]
+        return d
 
     def label(self) -> str:
         if self.scheme is None:
             return "float"
-        return f"{self.scheme}/{self.fit}/{self.granularity}/{self.bits}b"
+        b = f"avg{self.avg_bits:g}b" if self.avg_bits is not None else f"{self.bits}b"
+        tags = "".join(f"+{t}" for k, t in (("fold_bn", "fold"), ("equalize", "eq"),
+                                            ("mean_preserving", "mp"),
+                                            ("bias_correction", "bc")) if getattr(self, k))
+        return f"{self.scheme}/{self.fit}/{self.granularity}/{b}{tags}"
+
+    @property
+    def repaired(self) -> bool:
+        return any(getattr(self, k) != _REPAIR_DEFAULTS[k] for k in _REPAIRS)
+
+
+_REPAIRS = ("bias_correction", "mean_preserving", "fold_bn", "equalize", "avg_bits")
+_REPAIR_DEFAULTS = {k: QuantConfig.__dataclass_fields__[k].default for k in _REPAIRS}
 
 
 def sweep_configs(*, bits: Iterable[int] = range(2, 9),
@@ -131,6 +155,9 @@ def storage_accounting(params, report: list[dict]) -> dict:
         "kept_float_bytes": kept, "quantized_bytes": packed,
         "compression_ratio": float_bytes / packed if packed else float("nan"),
         "quantized_fraction": q_weights / total if total else 0.0,
+        "code_bits_per_weight": 8 * code_bytes / q_weights if q_weights else 0.0,
+        "bits_per_weight_with_codebooks": (8 * (code_bytes + book_bytes) / q_weights
+                                           if q_weights else 0.0),
     }
 
 
@@ -148,6 +175,18 @@ def quantize_params(params, cfg: QuantConfig):
         if not paths:
             raise ValueError(f"keep_float={cfg.keep_float} leaves nothing to quantize")
         select = "|".join(re.escape(p) for p in paths)
+    if cfg.repaired:
+        from paper_repro import correction as C
+
+        paths = [p for p, x in Q.tree_paths(params)
+                 if re.fullmatch(select, p) and np.ndim(x) > 0]
+        qp, report, _ = C.quantize_model(
+            params, paths=paths, scheme=cfg.scheme, bits=cfg.bits or None,
+            avg_bits=cfg.avg_bits, fold=cfg.fold_bn, equalize_ranges=cfg.equalize,
+            bias_correction=cfg.bias_correction, mean_preserving=cfg.mean_preserving,
+            fit=cfg.fit, granularity=cfg.granularity, gain=cfg.gain, rounding=cfg.rounding,
+            method=cfg.method)
+        return qp, report
     return Q.quantize_tree(params, select=select, scheme=cfg.scheme, bits=cfg.bits, fit=cfg.fit,
                            granularity=cfg.granularity, gain=cfg.gain, rounding=cfg.rounding,
                            method=cfg.method)

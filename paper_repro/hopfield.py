@@ -369,11 +369,14 @@ def field_agreement(T: jax.Array, Q: jax.Array, key: jax.Array, *, n_states: int
     """Fraction of local fields of ``T`` and ``Q`` with the same sign at random states.
 
     ``T, Q: (N, N)``; ``n_states`` random ±1 states from ``key``. Sheppard's formula predicts
-    ``1 - arccos(r)/pi`` for ``r = corr(T, Q)`` (Gaussian fields). Returns a scalar.
+    ``1 - arccos(r)/pi`` for ``r = corr(T, Q)`` (continuous Gaussian fields). Integer-valued
+    fields (Hebbian, sign, linear codes) are exactly zero now and then; a zero field counts
+    one half (a random tie-break), i.e. the mean of ``(1 + sign(h_T) sign(h_Q)) / 2``.
+    Returns a scalar.
     """
     N = T.shape[0]
     s = jnp.where(jax.random.bernoulli(key, 0.5, (n_states, N)), 1.0, -1.0)
-    return jnp.mean(jnp.sign(s @ T) == jnp.sign(s @ Q))
+    return jnp.mean(0.5 * (1.0 + jnp.sign(s @ T) * jnp.sign(s @ Q)))
 
 
 # --- capacity -------------------------------------------------------------------------------

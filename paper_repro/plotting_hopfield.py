@@ -71,7 +71,8 @@ def plot_overlap_vs_alpha(d: Mapping[str, np.ndarray]):
     fig, ax = plt.subplots(figsize=(7.5, 5))
     n_seeds = d["m"].shape[-1]
     for i, lab in enumerate(labels):
-        st = _style(lab)
+        st = {**_style(lab), "color": _color(lab) if lab in ("float", "sign") else
+              plt.cm.tab10((i + 2) % 10)}
         mean = np.nanmean(d["m"][i], -1)
         err = np.nanstd(d["m"][i], -1, ddof=1) / np.sqrt(n_seeds) if n_seeds > 1 else None
         ax.errorbar(d["alpha"], mean, yerr=err, color=st["color"], marker=st["marker"],

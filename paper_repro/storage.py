@@ -110,9 +110,17 @@ def pack_codes(codes, bits: int) -> np.ndarray:
     c = c.astype(np.uint8)
     if bits == 8:
         return c.copy()
-    # (n, 8) bits of each code, LSB first; keep the low `bits` and pack the stream.
-    stream = np.unpackbits(c[:, None], axis=1, bitorder="little")[:, :bits]
-    return np.packbits(stream.reshape(-1), bitorder="little")
+    # Eight codes make exactly `bits` bytes: OR them into one little-endian uint64 per group
+    # (8 vectorized shifts), keep its low `bits` bytes, drop the padding of the last group.
+    n = c.size
+    g = np.zeros(((n + 7) // 8) * 8, np.uint8)
+    g[:n] = c
+    g = g.reshape(-1, 8)
+    v = np.zeros(g.shape[0], np.uint64)
+    for j in range(8):
+        v |= g[:, j].astype(np.uint64) << np.uint64(j * bits)
+    out = v.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :bits].reshape(-1)
+    return out[: packed_size(n, bits)].copy()
 
 
 def unpack_codes(buf, bits: int, n: int) -> np.ndarray:
@@ -125,8 +133,18 @@ def unpack_codes(buf, bits: int, n: int) -> np.ndarray:
                          f"got {b.size}: wrong n or bits, or a truncated file")
     if bits == 8:
         return b.copy()
-    stream = np.unpackbits(b, bitorder="little", count=int(n) * bits)
-    return np.packbits(stream.reshape(int(n), bits), axis=1, bitorder="little").reshape(-1)
+    n = int(n)
+    groups = (n + 7) // 8
+    raw = np.zeros(groups * bits, np.uint8)
+    raw[: b.size] = b
+    g = np.zeros((groups, 8), np.uint8)
+    g[:, :bits] = raw.reshape(groups, bits)
+    v = g.view("<u8").reshape(groups)
+    mask = np.uint64((1 << bits) - 1)
+    out = np.empty((groups, 8), np.uint8)
+    for j in range(8):
+        out[:, j] = (v >> np.uint64(j * bits)) & mask
+    return out.reshape(-1)[:n].copy()
 
 
 def code_bits(n_levels: int) -> int:
@@ -511,17 +529,16 @@ def synthetic_params(model: str = "mobilenet", alpha: float | None = 0.75, *,
     from paper_repro import models
 
     shapes = models.get(model, alpha).param_shapes()
-    key = jax.random.key(seed)
+    rng = np.random.default_rng(seed)
     out: dict = {}
     for layer, d in shapes.items():
         out[layer] = {}
         for var, shape in d.items():
             if "kernel" in var:
-                key, sub = jax.random.split(key)
                 fan_in = max(1, math.prod(shape[:-1]) if "depthwise" not in var
                              else math.prod(shape[:2]))
-                w = jax.random.laplace(sub, shape, jax.numpy.float32) / math.sqrt(2 * fan_in)
-                out[layer][var] = np.asarray(w, np.float32)
+                w = rng.laplace(scale=1.0 / math.sqrt(2 * fan_in), size=shape)
+                out[layer][var] = w.astype(np.float32)
             elif var in ("gamma", "moving_variance"):
                 out[layer][var] = np.ones(shape, np.float32)
             else:

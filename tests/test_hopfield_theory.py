@@ -5,6 +5,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.optimize import brentq
+from scipy.special import erf
 
 from paper_repro import hopfield_theory as ht
 
@@ -47,10 +49,7 @@ def test_overlap_curve_solves_equations():
             if np.isnan(mm):
                 continue
             # plug back: m = erf(m / sqrt(2 s2)) with s2 = alpha (R + delta^2)
-            from scipy.special import erf
-            from scipy.optimize import brentq
-
-            def resid(s2, a=a, mm=mm):
+            def resid(s2, a=a, mm=mm, d2=d2):
                 C = math.sqrt(2 / math.pi) / math.sqrt(s2) * math.exp(-mm**2 / (2 * s2))
                 return s2 - a * (1 / (1 - C) ** 2 + d2)
 

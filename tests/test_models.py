@@ -36,6 +36,33 @@ PARAM_COUNTS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _grouped_depthwise(monkeypatch):
+    """Oracle comparisons use the grouped convolution Keras itself runs (bit-identical);
+    the fast shift-and-add depthwise path is checked against it separately."""
+    from paper_repro.models import layers
+
+    monkeypatch.setattr(layers, "DEPTHWISE", "grouped")
+
+
+@pytest.mark.parametrize("strides,padding,mult", [(1, "same", 1), (2, "same", 1),
+                                                  (2, "valid", 2), (1, ((1, 2), (0, 1)), 1)])
+def test_shift_depthwise_equals_grouped(strides, padding, mult):
+    import jax
+
+    from paper_repro.models import layers
+
+    k1, k2 = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(k1, (2, 9, 8, 5))
+    kern = jax.random.normal(k2, (3, 3, 5, mult))
+    want = layers._depthwise_grouped(x, kern, strides, padding)
+    layers.DEPTHWISE = "shift"  # restored by the monkeypatch fixture
+    got = layers._depthwise(x, kern, strides, padding)
+    assert got.shape == want.shape
+    # same products, another summation order: float32 rounding only
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
 def n_params(tree):
     return sum(int(np.prod(s)) for d in tree.values() for s in d.values())
 

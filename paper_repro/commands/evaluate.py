@@ -12,7 +12,12 @@ Examples::
 (``$PAPER_REPRO_CACHE``). Without ``--scheme`` the float model is evaluated; with it, the
 selected kernels are quantized (no retraining), and the drop vs float on the same images is
 reported with a bootstrap interval and McNemar's test. ``--model digits_cnn`` runs the
-embedded digits CNN (no weights or data needed).
+embedded digits CNN (no weights or data needed). The data-free repairs (``--bias-correction``,
+``--mean-preserving``, ``--fold-bn``, ``--equalize``, ``--avg-bits``) are described in
+:mod:`paper_repro.correction`, e.g.::
+
+  paper-repro evaluate --model mobilenet --alpha 0.75 ... --scheme linear --bits 5 \\
+      --granularity channel --gain --bias-correction
 """
 
 from __future__ import annotations
@@ -45,6 +50,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--select", default=r".*kernel", help="regex of parameter paths to quantize")
     p.add_argument("--keep-float", nargs="*", default=[],
                    help="regexes of paths kept in float (e.g. conv1 predictions)")
+    g = p.add_argument_group("data-free repairs (paper_repro.correction; all off by default)")
+    g.add_argument("--bias-correction", action="store_true",
+                   help="absorb each quantized kernel's expected output shift (from batch-norm "
+                        "statistics, no data) into the next batch norm or bias")
+    g.add_argument("--mean-preserving", action="store_true",
+                   help="re-round so each output channel keeps sum Q(w) = sum w")
+    g.add_argument("--fold-bn", action="store_true",
+                   help="fold batch norms into the kernels before quantizing (as deployed)")
+    g.add_argument("--equalize", action="store_true",
+                   help="cross-layer equalization of channel ranges (implies --fold-bn)")
+    g.add_argument("--avg-bits", type=float, default=None,
+                   help="mixed widths: per-layer bits for this average (codes + codebooks) "
+                        "chosen by predicted output noise; replaces --bits")
     p.add_argument("--limit", type=int, default=None, help="first K images")
     p.add_argument("--per-class", type=int, default=None, help="first K images of each class")
     p.add_argument("--batch-size", type=int, default=50)
@@ -56,8 +74,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from paper_repro import experiments_imagenet as E
 
-    if args.scheme is not None and args.bits is None:
-        raise ValueError("--scheme needs --bits")
+    if args.scheme is not None and args.bits is None and args.avg_bits is None:
+        raise ValueError("--scheme needs --bits (or --avg-bits)")
     progress = not (args.no_progress or args.json)
     if args.model == "digits_cnn":
         task = E.digits_task()
@@ -70,7 +88,10 @@ def run(args) -> int:
                                batch_size=args.batch_size, progress=progress)
     cfg = E.QuantConfig(scheme=args.scheme, fit=args.fit, bits=args.bits or 0,
                         granularity=args.granularity, gain=args.gain, rounding=args.rounding,
-                        select=args.select, keep_float=tuple(args.keep_float))
+                        select=args.select, keep_float=tuple(args.keep_float),
+                        bias_correction=args.bias_correction,
+                        mean_preserving=args.mean_preserving, fold_bn=args.fold_bn,
+                        equalize=args.equalize, avg_bits=args.avg_bits)
     float_res = None
     if args.scheme is not None:
         float_res = E.evaluate_params(task, task.params, limit=args.limit,

@@ -19,6 +19,7 @@ even size the extra zero row/column goes at the bottom/right.
 from __future__ import annotations
 
 import math
+import os
 
 import flax.linen as nn
 import jax
@@ -78,7 +79,7 @@ class Conv2D(nn.Module):
         return y
 
 
-def _depthwise(x, kernel, strides, padding):
+def _depthwise_grouped(x, kernel, strides, padding):
     kh, kw, cin, mult = kernel.shape
     return lax.conv_general_dilated(
         x,
@@ -88,6 +89,54 @@ def _depthwise(x, kernel, strides, padding):
         dimension_numbers=_DN,
         feature_group_count=cin,
     )
+
+
+def _same_pads(size: int, k: int, s: int) -> tuple[int, int]:
+    """TensorFlow 'SAME' padding (extra row/column at the end) for one spatial axis."""
+    total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+# How depthwise convolutions run: "shift" (default; fast on CPU) or "grouped" (the same XLA
+# grouped convolution Keras uses, bit-identical to Keras on the JAX backend). Read at trace
+# time; set PAPER_REPRO_DEPTHWISE=grouped to change it for a process.
+DEPTHWISE = os.environ.get("PAPER_REPRO_DEPTHWISE", "shift")
+
+
+def _depthwise(x, kernel, strides, padding):
+    """Depthwise convolution ``(N, H, W, C) -> (N, H', W', C * mult)``.
+
+    ``DEPTHWISE == "shift"``: a sum of ``kh * kw`` shifted, scaled copies of ``x`` -- the
+    same sums as a grouped ``conv_general_dilated`` in another order (float32 rounding
+    differs, about 1e-6 relative per layer), but XLA on CPU runs grouped convolutions several
+    times slower than these multiply-adds (MobileNet 0.75, 100 images: about 3.5x faster).
+    """
+    if DEPTHWISE == "grouped":
+        return _depthwise_grouped(x, kernel, strides, padding)
+    if DEPTHWISE != "shift":
+        raise ValueError(f"PAPER_REPRO_DEPTHWISE must be 'shift' or 'grouped', got {DEPTHWISE!r}")
+    kh, kw, cin, mult = kernel.shape
+    sh, sw = _pair(strides)
+    if mult > 1:
+        x = jnp.repeat(x, mult, axis=-1)  # output channel c*mult+m reads input channel c
+    k = kernel.reshape(kh, kw, cin * mult)
+    p = _padding(padding)
+    if p == "SAME":
+        pads = (_same_pads(x.shape[1], kh, sh), _same_pads(x.shape[2], kw, sw))
+    elif p == "VALID":
+        pads = ((0, 0), (0, 0))
+    else:
+        pads = p
+    x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    n, hp, wp, c = x.shape
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            xs = lax.slice(x, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                           (1, sh, sw, 1))
+            out = xs * k[i, j] if out is None else out + xs * k[i, j]
+    return out
 
 
 class DepthwiseConv2D(nn.Module):
