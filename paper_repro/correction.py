@@ -95,10 +95,10 @@ def _same_out(h: int, s: int) -> int:
     return -(-h // s)
 
 
-def mobilenet_v1_topology(params) -> list[Layer]:
-    """MobileNet v1 (``conv1``, ``conv_dw_i`` / ``conv_pw_i``, ``conv_preds``), 224 input."""
+def mobilenet_v1_topology(params, *, input_size: int = 224) -> list[Layer]:
+    """MobileNet v1 (``conv1``, ``conv_dw_i`` / ``conv_pw_i``, ``conv_preds``)."""
     n = max(int(m.group(1)) for k in params if (m := re.fullmatch(r"conv_dw_(\d+)", k)))
-    hw = 224
+    hw = input_size
     out = [Layer("conv1", "kernel", "conv", "conv1_bn", "relu6", None, strides=2,
                  padding="SAME", in_hw=(hw, hw))]
     hw = _same_out(hw, 2)
@@ -127,7 +127,7 @@ def mobilenet_v1_topology(params) -> list[Layer]:
 _V1_STRIDE2 = (2, 4, 6, 12)
 
 
-def mobilenet_v2_topology(params) -> list[Layer]:
+def mobilenet_v2_topology(params, *, input_size: int = 224) -> list[Layer]:
     """MobileNetV2 (``Conv1``, ``expanded_conv_*``, ``block_i_*``, ``Conv_1``, ``predictions``).
 
     The residual sums feed the next block's expansion: their mean is the sum of the two
@@ -136,7 +136,7 @@ def mobilenet_v2_topology(params) -> list[Layer]:
     """
     from paper_repro.models.mobilenet import _V2_BLOCKS
 
-    hw = 224
+    hw = input_size
     out = [Layer("Conv1", "kernel", "conv", "bn_Conv1", "relu6", None, strides=2,
                  padding="SAME", in_hw=(hw, hw))]
     hw = _same_out(hw, 2)
@@ -178,17 +178,19 @@ def digits_topology(params) -> list[Layer]:
     ]
 
 
-def topology(params) -> list[Layer]:
+def topology(params, *, input_size: int = 224) -> list[Layer]:
     """The wiring of a supported network, recognized from its parameter names.
+
+    ``input_size``: the ImageNet models' input side (the digits CNN is always 8x8).
 
     Raises ``ValueError`` for other networks: write a list of :class:`Layer` for it (see
     :func:`mobilenet_v1_topology`) and pass it as ``topo=``.
     """
     keys = set(params)
     if {"conv1", "conv_dw_1", "conv_pw_1"} <= keys:
-        return mobilenet_v1_topology(params)
+        return mobilenet_v1_topology(params, input_size=input_size)
     if {"Conv1", "expanded_conv_depthwise", "Conv_1"} <= keys:
-        return mobilenet_v2_topology(params)
+        return mobilenet_v2_topology(params, input_size=input_size)
     if {"conv1", "conv2", "fc1", "dense"} <= keys:
         return digits_topology(params)
     raise ValueError(
@@ -630,12 +632,26 @@ def scale_moments(moments, scales: Mapping[str, np.ndarray], topo: Sequence[Laye
 # --- Mixed bit widths ---------------------------------------------------------------------------
 
 
+def codebook_floats(q: Q.Quantizer, *, codebook: str = "params") -> int:
+    """Floats needed to rebuild ``q``'s codebook(s): ``"levels"`` counts every level (as
+    :func:`~paper_repro.experiments_imagenet.storage_accounting` does); ``"params"`` counts the
+    free parameters per codebook (linear, pow2, sign: one scale; exponential: scale and base;
+    Lloyd-Max: all its levels)."""
+    n_books = 1 if q.granularity == "tensor" else int(q.levels.shape[0])
+    if codebook == "levels":
+        return int(np.size(q.levels))
+    if codebook != "params":
+        raise ValueError(f"codebook must be 'params' or 'levels', got {codebook!r}")
+    per = {"exponential": 2, "exponential_nozero": 2, "lloyd_max": q.n_levels}.get(q.scheme, 1)
+    return n_books * per
+
+
 def layer_costs(params, paths: Sequence[str], *, choices: Sequence[int], scheme: str,
                 fit: str = "corr", granularity: str = "tensor", gain: bool = False,
-                rounding: str = "linear", method: str = "histogram") -> list[dict]:
+                rounding: str = "linear", method: str = "histogram",
+                codebook: str = "params") -> list[dict]:
     """For each path and bit width: ``r``, predicted noise ``(1 - r^2) / r^2`` and storage bits
-    (codes ``size * b`` plus the float32 codebook, as :func:`~paper_repro.experiments_imagenet.
-    storage_accounting` counts them)."""
+    (codes ``size * b`` plus 32 bits per codebook float, :func:`codebook_floats`)."""
     flat = dict(Q.tree_paths(params))
     out = []
     for path in paths:
@@ -649,7 +665,8 @@ def layer_costs(params, paths: Sequence[str], *, choices: Sequence[int], scheme:
             r = float(np.clip(corr_mod.sample_r(w, w_hat), 1e-6, 1.0))
             out.append({"path": path, "bits": int(b), "size": int(w.size), "r": r,
                         "noise": (1 - r * r) / (r * r),
-                        "storage_bits": int(w.size) * int(b) + 32 * int(np.size(q.levels))})
+                        "storage_bits": int(w.size) * int(b)
+                        + 32 * codebook_floats(q, codebook=codebook)})
     return out
 
 

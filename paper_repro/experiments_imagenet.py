@@ -150,11 +150,18 @@ def storage_accounting(params, report: list[dict]) -> dict:
     book_bytes = sum(4 * int(np.size(r["quantizer"].levels)) for r in report)
     kept = 4 * (total - q_weights)
     packed = code_bytes + book_bytes + kept
+    from paper_repro.correction import codebook_floats
+
+    param_books = sum(4 * codebook_floats(r["quantizer"]) for r in report)
+    packed_param = code_bytes + param_books + kept
     return {
         "float_bytes": float_bytes, "code_bytes": code_bytes, "codebook_bytes": book_bytes,
         "kept_float_bytes": kept, "quantized_bytes": packed,
         "compression_ratio": float_bytes / packed if packed else float("nan"),
         "quantized_fraction": q_weights / total if total else 0.0,
+        # codebooks stored as their parameters (one scale per linear codebook, ...)
+        "compression_ratio_param_codebooks": (float_bytes / packed_param if packed_param
+                                              else float("nan")),
         "code_bits_per_weight": 8 * code_bytes / q_weights if q_weights else 0.0,
         "bits_per_weight_with_codebooks": (8 * (code_bytes + book_bytes) / q_weights
                                            if q_weights else 0.0),
