@@ -15,7 +15,6 @@ folder. Run: ``python benchmarks/bench_imagenet.py [--n 300]``.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import tempfile
 import time

@@ -59,7 +59,7 @@ def main() -> None:
         for g in ("tensor", "channel"):
             for s in schemes:
                 for b in bits:
-                    for w, m in zip(layers, tables[g]):
+                    for w, m in zip(layers, tables[g], strict=True):
                         q = Q.fit(w, scheme=s, bits=b, granularity=g, table=m)
                     jax.block_until_ready(q.levels)
 

@@ -514,7 +514,7 @@ def output_upper_bounds(params, topo: Sequence[Layer], *, input_max: float = 1.0
             xmax: Any = input_max
         else:
             prevs = layer.prev if isinstance(layer.prev, tuple) else (layer.prev,)
-            xmax = sum(post[p] for p in prevs)
+            xmax = np.minimum(sum(post[p] for p in prevs), 1e30)  # unbounded: huge, not inf
         w = np.asarray(params[layer.name][layer.var], np.float64)
         # inputs in [0, xmax] after ReLU/ReLU6; the network input lies in [-xmax, xmax]
         wp = np.abs(w) if layer.prev is None else np.maximum(w, 0.0)
@@ -599,7 +599,7 @@ def equalize(params, topo: Sequence[Layer], moments, *, iterations: int = 4,
             s = np.where(ok, np.sqrt(ra / np.where(ok, rb, 1.0)), 1.0)
             s = np.clip(s, 1 / s_max, s_max)
             if a.act == "relu6":
-                s = np.where(top >= clip, 1.0, np.maximum(s, np.maximum(top, 0.0) / clip))
+                s = np.where(~(top < clip), 1.0, np.maximum(s, np.maximum(top, 0.0) / clip))
             shape_a = [1] * wa.ndim
             shape_a[_out_axis(a)] = -1
             shape_b = [1] * wb.ndim
@@ -762,3 +762,94 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
         info["max_abs_shift"] = float(max((np.abs(s).max() for s in shifts.values()),
                                           default=0.0))
     return qp, report, info
+
+
+# --- Sweeps, tables and the figure (used by notebooks/datafree.ipynb) ---------------------------
+
+
+def repair_configs(*, bits: Sequence[int] = (5, 4), schemes: Sequence[str] = ("linear",
+                                                                                "exponential"),
+                   granularity: str = "channel", gain: bool = True,
+                   mixed: bool = True) -> list:
+    """The ladder of repairs per scheme and width: plain, +bias correction, +mean-preserving,
+    +both, +fold/equalize, and mixed widths (``avg_bits = bits``) with both repairs."""
+    from paper_repro.experiments_imagenet import QuantConfig
+
+    out = []
+    for b in bits:
+        for s in schemes:
+            base = dict(scheme=s, fit="corr", bits=b, granularity=granularity, gain=gain)
+            out += [QuantConfig(**base), QuantConfig(**base, bias_correction=True),
+                    QuantConfig(**base, mean_preserving=True),
+                    QuantConfig(**base, mean_preserving=True, bias_correction=True),
+                    QuantConfig(**base, fold_bn=True, equalize=True, mean_preserving=True,
+                                bias_correction=True)]
+            if mixed:
+                out.append(QuantConfig(**base, avg_bits=float(b), mean_preserving=True,
+                                       bias_correction=True))
+    return out
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Markdown: configuration, top-1 / top-5, drop vs float, code bits per weight and the
+    compression ratio with codebooks stored as levels and as parameters."""
+    lines = ["| configuration | top-1 | top-5 | drop top-1 [95% CI] | code bits/weight | "
+             "compression (levels / params) |", "|" + "---|" * 6]
+    for r in rows:
+        if r.get("scheme") in (None, "", "None"):
+            lines.append(f"| float | {float(r['top1']):.2f} | {float(r['top5']):.2f} | | 32 | "
+                         "1.00 |")
+            continue
+        drop = (f"{float(r['top1_drop']):+.2f} [{float(r['top1_drop_low']):+.2f}, "
+                f"{float(r['top1_drop_high']):+.2f}]" if "top1_drop" in r else "")
+        lines.append(f"| {r['label']} | {float(r['top1']):.2f} | {float(r['top5']):.2f} | "
+                     f"{drop} | {float(r.get('code_bits_per_weight', 0)):.2f} | "
+                     f"{float(r['compression_ratio']):.2f} / "
+                     f"{float(r.get('compression_ratio_param_codebooks', 0)):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_repairs(rows: list[dict], *, title: str = ""):
+    """Horizontal bars: top-1 of each configuration, float as a line. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    base = next((r for r in rows if r.get("scheme") in (None, "", "None")), None)
+    qrows = [r for r in rows if r.get("scheme") not in (None, "", "None")]
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(qrows) + 1.2))
+    y = np.arange(len(qrows))
+    ax.barh(y, [float(r["top1"]) for r in qrows], color=[
+        "C1" if r.get("avg_bits") not in (None, "", "None") else
+        "C2" if r.get("bias_correction") in (True, "True") else "C0" for r in qrows])
+    ax.set_yticks(y, [r["label"] for r in qrows], fontsize=7)
+    ax.invert_yaxis()
+    if base is not None:
+        ax.axvline(float(base["top1"]), color="k", lw=1, ls="--", label="float")
+        ax.legend(loc="lower right", fontsize=7)
+    ax.set_xlabel("top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def repairs_to_results(task, configs, name: str, *, limit=None, progress=False,
+                       title: str | None = None) -> list[dict]:
+    """Run (or resume) a sweep of repaired configurations; write ``results/<name>/``:
+    sweep.csv (resumable), table.csv, table.md, top1.png/.pdf, meta.json."""
+    import time
+
+    from paper_repro import experiments_imagenet as E
+    from paper_repro import results as R
+
+    d = R.results_dir(name)
+    t0 = time.perf_counter()
+    rows = E.run_sweep(task, configs, R.ResultsTable(d / "sweep.csv"), limit=limit,
+                       progress=progress, log=print if progress else (lambda *_: None))
+    order = {c.label(): i for i, c in enumerate(configs)}
+    rows = sorted(rows, key=lambda r: -1 if r.get("label") == "float" else
+                  order.get(r.get("label"), len(order)))
+    rows = [r for r in rows if r.get("label") == "float" or r.get("label") in order]
+    R.write_csv(d / "table.csv", rows)
+    (d / "table.md").write_text(markdown_table(rows))
+    R.save_figure(plot_repairs(rows, title=title or task.name), name, stem="top1")
+    R.write_meta(d, {"task": task.name, **task.info, "configs": [c.key() for c in configs],
+                     "limit": limit}, time.perf_counter() - t0, n_rows=len(rows))
+    return rows

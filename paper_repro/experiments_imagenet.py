@@ -306,7 +306,8 @@ def imagenet_task(model: str, *, weights: str | os.PathLike, data: str | os.Path
     ``data`` is a folder of class subfolders or a flat folder with ``labels`` (see
     :func:`paper_repro.imagenet.open_source`); images are decoded once into the cache.
     """
-    from paper_repro import models, weights as W
+    from paper_repro import models
+    from paper_repro import weights as W
 
     spec = models.get(model, alpha)
     if not Path(weights).is_file():

@@ -33,10 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from paper_repro import correlation as C
 from paper_repro import quantize as Q
 
 DEFAULT_SELECT = r".*kernel"
@@ -168,18 +166,33 @@ def default_model(*, seed: int = 0) -> Model:
 # --- Per-layer statistics -----------------------------------------------------------------------
 
 
+def _walk(tree, prefix=""):
+    """``[(path, leaf)]`` in the tree's own order (nested mappings keep insertion order, as
+    in Keras files and model creation); other pytrees in JAX's flattening order."""
+    if isinstance(tree, Mapping):
+        out = []
+        for k, v in tree.items():
+            out.extend(_walk(v, f"{prefix}/{k}" if prefix else str(k)))
+        return out
+    if isinstance(tree, (np.ndarray, jax.Array)) or np.isscalar(tree):
+        return [(prefix, tree)]
+    return [(f"{prefix}/{p}" if prefix else p, x) for p, x in Q.tree_paths(tree)]
+
+
 def kernels(params, *, select: str = DEFAULT_SELECT,
             layers: Sequence[str] | int | None = None) -> list[tuple[str, np.ndarray]]:
-    """``[(path, w)]`` of the array leaves whose path matches ``select`` (in tree order).
+    """``[(path, w: float32 array)]`` of the array leaves whose path matches ``select``, in
+    the model's order.
 
     ``layers``: keep only these paths, or the first ``layers`` ones when an int.
     """
     pat = re.compile(select)
-    out = [(p, np.asarray(x, np.float32)) for p, x in Q.tree_paths(params)
+    leaves = _walk(params)
+    out = [(p, np.asarray(x, np.float32)) for p, x in leaves
            if pat.fullmatch(p) and np.ndim(x) > 0 and np.size(x) > 1]
     if not out:
         raise ValueError(f"select={select!r} matches no array leaf of this model; paths look "
-                         f"like {[p for p, _ in Q.tree_paths(params)][:5]}")
+                         f"like {[p for p, _ in leaves][:5]}")
     if isinstance(layers, int):
         out = out[:layers]
     elif layers is not None:
@@ -201,7 +214,8 @@ def layer_stats(params, *, select: str = DEFAULT_SELECT, layers=None) -> list[di
 
     Columns: ``path, kind, shape, size, std, max_over_std, kurtosis`` (excess; 0 Gaussian,
     3 Laplace), ``tail_mass`` (fraction with ``|w| > 3 std``; 0.0027 Gaussian, 0.0144 Laplace),
-    ``channel_spread`` (max/min of the per-channel std; large means per-channel scales help).
+    ``channel_spread`` (95th / 5th percentile of the per-channel std; large means per-channel
+    scales help; percentiles, because trained nets have dead channels with std 0).
     """
     rows = []
     for i, (path, w) in enumerate(kernels(params, select=select, layers=layers)):
@@ -215,9 +229,14 @@ def layer_stats(params, *, select: str = DEFAULT_SELECT, layers=None) -> list[di
             "max_over_std": float(np.abs(a).max() / std) if std > 0 else 0.0,
             "kurtosis": Q.kurtosis(a),
             "tail_mass": float(np.mean(np.abs(a - a.mean()) > 3 * std)) if std > 0 else 0.0,
-            "channel_spread": float(ch.max() / ch.min()) if ch.min() > 0 else float("inf"),
+            "channel_spread": _spread(ch),
         })
     return rows
+
+
+def _spread(ch: np.ndarray) -> float:
+    lo, hi = np.percentile(ch, [5, 95])
+    return float(hi / lo) if lo > 0 else float("inf")
 
 
 def layer_kind(path: str, w) -> str:
@@ -229,12 +248,42 @@ def layer_kind(path: str, w) -> str:
     return "dense" if np.ndim(w) == 2 else f"{np.ndim(w)}d"
 
 
+def apply_quantizer(w: np.ndarray, q: Q.Quantizer) -> np.ndarray:
+    """Nearest-level dequantized copy of ``w`` (any shape) under a fitted quantizer, in numpy.
+
+    The same coding as :func:`paper_repro.quantize.encode` / ``decode`` (``searchsorted``
+    on the thresholds, left side) without a compilation per tensor shape, which keeps the
+    explorer's many small layers x configurations fast.
+    """
+    w = np.asarray(w, np.float32)
+    levels, thr = np.asarray(q.levels), np.asarray(q.thresholds)
+    if q.granularity == "tensor":
+        return levels[np.searchsorted(thr, w, side="left")].astype(np.float32)
+    ax = q.channel_axis % w.ndim
+    moved = np.moveaxis(w, ax, 0)
+    rows = moved.reshape(moved.shape[0], -1)
+    out = np.empty_like(rows)
+    for c in range(rows.shape[0]):
+        out[c] = levels[c][np.searchsorted(thr[c], rows[c], side="left")]
+    return np.moveaxis(out.reshape(moved.shape), 0, ax)
+
+
+def sample_r(w, w_hat) -> float:
+    """Pearson correlation of two arrays (float64 numpy; as
+    :func:`paper_repro.correlation.sample_r`, 0 for a constant array)."""
+    a = np.ravel(w).astype(np.float64)
+    b = np.ravel(w_hat).astype(np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    den = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / den if den > 0 else 0.0
+
+
 def quantize_layer(w, *, path: str = "", scheme: str, fit: str, bits: int,
                    granularity: str = "tensor", table=None) -> tuple[np.ndarray, Q.Quantizer]:
     """``(w_hat, quantizer)`` for one kernel (channel axis from the Keras layout)."""
     q = Q.fit(w, scheme=scheme, bits=bits, fit=fit, granularity=granularity,
               channel_axis=channel_axis_of(path, w), table=table)
-    return np.asarray(Q.decode(Q.encode(w, q), q)), q
+    return apply_quantizer(w, q), q
 
 
 def _valid(scheme: str, fit: str, bits: int) -> bool:
@@ -258,7 +307,6 @@ def r_table(params, *, schemes: Sequence[str] = ("linear", "exponential"),
     """
     rows = []
     for i, (path, w) in enumerate(kernels(params, select=select, layers=layers)):
-        wj = jnp.asarray(w)
         for g in granularities:
             table = Q.moments(w, granularity=g, channel_axis=channel_axis_of(path, w))
             for s in schemes:
@@ -268,7 +316,7 @@ def r_table(params, *, schemes: Sequence[str] = ("linear", "exponential"),
                             continue
                         w_hat, q = quantize_layer(w, path=path, scheme=s, fit=f, bits=int(b),
                                                   granularity=g, table=table)
-                        r = float(C.sample_r(wj, jnp.asarray(w_hat)))
+                        r = sample_r(w, w_hat)
                         rc = min(max(r, 1e-6), 1.0)
                         rows.append({
                             "index": i, "path": path, "kind": layer_kind(path, w),
@@ -299,7 +347,8 @@ def network_summary(rows: list[dict]) -> list[dict]:
 
 
 def layer_view(params, path: str | int, *, scheme: str, fit: str, bits: int,
-               granularity: str = "tensor", max_points: int = 200_000, seed: int = 0) -> dict:
+               granularity: str = "tensor", select: str = DEFAULT_SELECT,
+               max_points: int = 200_000, seed: int = 0) -> dict:
     """The arrays behind the per-layer plots of one kernel and one quantizer.
 
     Returns ``{"path", "w": (n,), "w_hat": (n,)`` (a random subsample of at most
@@ -307,7 +356,7 @@ def layer_view(params, path: str | int, *, scheme: str, fit: str, bits: int,
     ``(C, L)`` (per channel), ``"r"`` (on all weights), ``"stats"`` (the
     :func:`layer_stats` row), ``"scheme", "fit", "bits", "granularity"}``.
     """
-    ks = kernels(params)
+    ks = kernels(params, select=select)
     if isinstance(path, (int, np.integer)):
         if not 0 <= int(path) < len(ks):
             raise ValueError(f"layer index {path} out of range 0..{len(ks) - 1}")
@@ -318,11 +367,10 @@ def layer_view(params, path: str | int, *, scheme: str, fit: str, bits: int,
     i, w = found[0]
     w_hat, q = quantize_layer(w, path=path, scheme=scheme, fit=fit, bits=int(bits),
                               granularity=granularity)
-    r = float(C.sample_r(jnp.asarray(w), jnp.asarray(w_hat)))
+    r = sample_r(w, w_hat)
     flat, flat_hat = w.ravel(), w_hat.ravel()
     if flat.size > max_points:
-        idx = np.asarray(jax.random.choice(jax.random.key(seed), flat.size, (max_points,),
-                                           replace=False))
+        idx = np.random.default_rng(seed).choice(flat.size, max_points, replace=False)
         flat, flat_hat = flat[idx], flat_hat[idx]
     stats = layer_stats({path: w}, select=re.escape(path))[0]
     stats["index"] = i

@@ -193,8 +193,8 @@ def plot_field_agreement(d: Mapping[str, np.ndarray]):
         ax2.errorbar(d["r"][i], d["agreement"][i] - d["sheppard"][i],
                      yerr=d["agreement_se"][i], color=st["color"], marker=st["marker"],
                      ls="none", ms=5)
-    ax.set_xlim(0.5, 1.0)
-    ax.set_ylim(0.65, 1.0)
+    ax.set_xlim(0.4, 1.0)
+    ax.set_ylim(0.6, 1.0)
     ax.set_xlabel("r = corr(T, Q(T))")
     ax.set_ylabel("P(sign h_T = sign h_Q) at random states")
     ax.grid(alpha=0.3)

@@ -55,7 +55,7 @@ def plot_sweep(rows: list[dict], *, title: str, paper_top5: dict | None = None):
             ax.set_title(f"{title}: {metric}, per {g}")
             ax.grid(alpha=0.3)
             handles, labels = ax.get_legend_handles_labels()
-            uniq = dict(zip(labels, handles))
+            uniq = dict(zip(labels, handles, strict=True))
             ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="lower right")
             ratios = {int(r["bits"]): r["compression_ratio"] for r in rows
                       if r.get("scheme") == "linear" and r["granularity"] == g}

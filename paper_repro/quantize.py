@@ -231,7 +231,6 @@ def _search_2d(f, lo, hi, n0=24, n=_ZOOM, rounds=_ROUNDS):
 
 def _lloyd_max(bits, moments, iters=300):
     """Symmetric Lloyd-Max levels (centroid / midpoint iteration) on a moments table."""
-    K = n_positive("lloyd_max", bits)
     spread = jnp.sqrt(moments.m2) * 3.0
     p0 = positive_levels("lloyd_max", bits, jnp.minimum(spread, moments.top))
 
@@ -246,7 +245,6 @@ def _lloyd_max(bits, moments, iters=300):
         return jnp.sort(new), None
 
     p, _ = jax.lax.scan(step, p0, None, length=iters)
-    del K
     return p
 
 
@@ -262,11 +260,10 @@ def fit_moments(moments, *, scheme: str, bits: int, fit: str = "corr",
     """Fit one quantizer's positive levels on a moments table (one tensor or one channel).
 
     Returns ``{"p": (K,), "c": (), "a": (), "r": ()}`` where ``r`` is exact on the table.
-    Searches run over ``log c`` in ``[log(top/100), log top]`` and, for free exponential
+    Searches run over ``log(c / top)`` in ``[log(1/100), 0]`` and, for free exponential
     bases, the log dynamic range ``log(c / smallest level)`` in ``[0.01, 20]``.
     """
     top = jnp.where(moments.top > 0, moments.top, 1.0)
-    zero = has_zero(scheme)
     K = n_positive(scheme, bits)
     free_base = scheme in ("exponential", "exponential_nozero") and base is None and K > 1
     a_fixed = jnp.float32(0.5 if scheme == "pow2" else (base if base is not None else 0.5))
@@ -416,8 +413,8 @@ def fit(w: jax.Array | None, *, scheme: str, bits: int, fit: str = "corr",
     for s in range(0, C, _CHUNK):
         idx = np.minimum(np.arange(s, s + _CHUNK), C - 1)  # pad by repeating the last row
         chunk = jax.tree_util.tree_map(lambda x, i=idx: x[i], mom)
-        parts.append(jax.tree_util.tree_map(lambda x, n=min(_CHUNK, C - s): x[:n],
-                                            _fit_table(chunk, **kw)))
+        n_real = min(_CHUNK, C - s)
+        parts.append(jax.tree_util.tree_map(lambda x, n=n_real: x[:n], _fit_table(chunk, **kw)))
     levels, thresholds, params = jax.tree_util.tree_map(
         lambda *xs: jnp.concatenate(xs, axis=0), *parts)
     return Quantizer(levels=levels, thresholds=thresholds, params=params, scheme=scheme,

@@ -82,7 +82,7 @@ def test_r_rises_with_bits(scheme):
     w = laplace(1, (20_000,))
     lo = 1 if scheme in ("lloyd_max", "linear_midrise") else 2
     rs = [float(C.sample_r(w, Q.quantize(w, scheme=scheme, bits=b)[0])) for b in range(lo, 9)]
-    assert all(b > a for a, b in zip(rs, rs[1:])), rs
+    assert all(b > a for a, b in zip(rs[:-1], rs[1:], strict=True)), rs
 
 
 def test_error_falls_4x_per_bit_linear():
