@@ -166,8 +166,9 @@ def compare(task, *, bits: Sequence[int] = (4, 8), limit: int | None = None,
     _qwix()
     float_res = E.evaluate_params(task, task.params, limit=limit, progress=progress)
     rows = [{"method": "float", "bits": 32, "n_levels": "", "top1": 100 * float_res.top1,
-             "top5": 100 * float_res.top5, "top1_drop": 0.0, "r_mean": 1.0, "r_min": 1.0,
-             "noise_sum": 0.0, "n_images": float_res.n_images}]
+             "top5": 100 * float_res.top5, "top1_drop": 0.0, "top1_drop_low": 0.0,
+             "top1_drop_high": 0.0, "r_mean": 1.0, "r_min": 1.0, "noise_sum": 0.0,
+             "n_images": float_res.n_images, "quantize_s": 0.0}]
     log(f"float: top-1 {rows[0]['top1']:.2f}")
     for label, b, how in comparison_methods(bits):
         t0 = time.perf_counter()

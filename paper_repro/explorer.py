@@ -63,9 +63,10 @@ def synthetic_params(*, seed: int = 0, scale: float = 1.0) -> dict:
     ``gauss_conv/kernel: (3, 3, 16, 32)`` Gaussian; ``laplace_conv/kernel: (3, 3, 32, 32)``
     Laplace; ``gauss_dw/depthwise_kernel: (3, 3, 32, 1)`` Gaussian; ``laplace_dense/kernel:
     (512, 64)`` Laplace. Every output channel gets its own scale (log-normal, sigma 0.5), as in
-    trained networks, so per-channel fits have something to gain. Deterministic per ``seed``.
+    trained networks, so per-channel fits have something to gain. Deterministic per ``seed``
+    (a numpy Generator: no compilation).
     """
-    keys = jax.random.split(jax.random.key(seed), 8)
+    rng = np.random.default_rng(seed)
     shapes = {
         "gauss_conv/kernel": ((3, 3, 16, 32), "gaussian", -1),
         "laplace_conv/kernel": ((3, 3, 32, 32), "laplace", -1),
@@ -73,15 +74,14 @@ def synthetic_params(*, seed: int = 0, scale: float = 1.0) -> dict:
         "laplace_dense/kernel": ((512, 64), "laplace", -1),
     }
     out: dict[str, dict[str, np.ndarray]] = {}
-    for i, (path, (shape, density, axis)) in enumerate(shapes.items()):
-        k1, k2 = jax.random.split(keys[i])
-        w = (jax.random.normal(k1, shape) if density == "gaussian"
-             else jax.random.laplace(k1, shape) / math.sqrt(2.0))
-        ch = np.exp(0.5 * np.asarray(jax.random.normal(k2, (shape[axis],))))
+    for path, (shape, density, axis) in shapes.items():
+        w = (rng.standard_normal(shape) if density == "gaussian"
+             else rng.laplace(size=shape) / math.sqrt(2.0))
+        ch = np.exp(0.5 * rng.standard_normal(shape[axis]))
         bshape = [1] * len(shape)
         bshape[axis] = shape[axis]
         layer, var = path.split("/")
-        out.setdefault(layer, {})[var] = (scale * 0.05 * np.asarray(w) * ch.reshape(bshape)
+        out.setdefault(layer, {})[var] = (scale * 0.05 * w * ch.reshape(bshape)
                                           ).astype(np.float32)
     return out
 
@@ -389,7 +389,8 @@ def default_config(*, smoke: bool = False) -> dict:
         "layers": 4 if smoke else None,
         "schemes": ["linear", "exponential"] if smoke else ["linear", "exponential",
                                                               "lloyd_max"],
-        "fits": ["max", "corr"], "bits": [3, 4] if smoke else [2, 3, 4, 5, 6, 8],
+        "fits": ["corr"] if smoke else ["max", "corr"],
+        "bits": [3, 4] if smoke else [2, 3, 4, 5, 6, 8],
         "granularities": ["tensor", "channel"],
         "view": {"scheme": "exponential", "fit": "corr", "bits": 4, "granularity": "tensor"},
     }
@@ -464,9 +465,9 @@ def accuracy_rows(*, smoke: bool = False, min_rows: int = 12, sweep: str | os.Pa
         if len(rows) >= min_rows:
             return rows, {"data": "imagenet", "sweep": str(path), "n_rows": len(rows),
                           "model": rows[0].get("model"), "task": rows[0].get("task")}
-    bits = list(digits_bits or ((2, 3) if smoke else (2, 3, 4, 5, 6)))
+    bits = list(digits_bits or ((2, 3, 4) if smoke else (2, 3, 4, 5, 6)))
     configs = E.sweep_configs(bits=bits, schemes=("linear", "exponential"),
-                              fits=("max", "corr"),
+                              fits=("corr",) if smoke else ("max", "corr"),
                               granularities=("tensor",) if smoke else ("tensor", "channel"),
                               lloyd_max=not smoke)
     table = R.ResultsTable(R.results_dir("explorer/digits_sweep") / "sweep.csv")
@@ -555,3 +556,26 @@ def fit_summary_rows(fit: dict) -> list[dict]:
     keys = ["predictor", "spearman_rho", "spearman_p", "kendall_tau", "isotonic_r2_in_sample",
             "logistic_r2", "logistic_rmse_points", "isotonic_loo_r2", "isotonic_loo_rmse_points"]
     return [{k: r.get(k, float("nan")) for k in keys} for r in rows]
+
+
+POINT_COLUMNS = ("label", "scheme", "fit", "granularity", "bits", "top1", "top1_drop",
+                 "r_mean", "r_min", "noise_sum")
+
+
+def accuracy_points(rows: list[dict]) -> list[dict]:
+    """The columns of the correlation-vs-accuracy figure, one row per configuration."""
+    return [{k: r.get(k) for k in POINT_COLUMNS} for r in rows]
+
+
+def baseline_rows(name: str = "explorer/baselines") -> list[dict]:
+    """Rows of ``results/<name>/table.csv`` written by :func:`paper_repro.baselines.run`
+    (``[]`` when it has not been run here)."""
+    import csv
+
+    from paper_repro import results as R
+
+    p = Path(os.environ.get("PAPER_REPRO_RESULTS", R.RESULTS_DIR)) / name / "table.csv"
+    if not p.is_file():
+        return []
+    with p.open(newline="") as f:
+        return list(csv.DictReader(f))

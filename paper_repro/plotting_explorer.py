@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import matplotlib
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 
 STYLE = {  # (scheme, fit) -> colour, line style
@@ -210,6 +212,8 @@ def plot_tensor_vs_channel(r_rows: list[dict], stats_rows: list[dict], *, bits: 
         ax.plot([lo, hi], [lo, hi], "k-", lw=0.6)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("1 - r, per tensor")
         ax.set_ylabel("1 - r, per channel")
         ax.set_title(f"{scheme} / corr / {bits} bits", fontsize=9)

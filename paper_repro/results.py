@@ -120,11 +120,13 @@ def run_or_load(
     """Return the arrays of ``results/<name>/data.npz``, recomputing only when needed.
 
     ``compute()`` returns a mapping of arrays. It runs when there is no saved data, when the
-    saved ``meta.json`` has another config, or when ``force`` is true; then the arrays and the
-    meta are written. ``config`` must hold everything the numbers depend on (seed included).
+    saved ``meta.json`` has another config, or when ``force`` is true (or the environment has
+    ``PAPER_REPRO_FORCE=1``); then the arrays and the meta are written. ``config`` must
+    hold everything the numbers depend on (seed included).
     """
     d = results_dir(name)
     data_path, meta_path = d / "data.npz", d / "meta.json"
+    force = force or os.environ.get("PAPER_REPRO_FORCE") == "1"
     if not force and data_path.exists() and meta_path.exists():
         saved = json.loads(meta_path.read_text())
         if saved.get("config_hash") == config_hash(config):
@@ -155,15 +157,15 @@ def save_figure(fig, name: str, *, stem: str | None = None) -> list[Path]:
 
 
 def write_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write rows (dicts with the same keys) to a CSV file atomically."""
+    """Write rows (dicts; missing keys left empty) to a CSV file atomically."""
     rows = list(rows)
     if not rows:
         raise ValueError(f"no rows to write to {path}")
-    fields = list(rows[0].keys())
+    fields = list(dict.fromkeys(k for row in rows for k in row))  # union, first-seen order
     import io
 
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields)
+    w = csv.DictWriter(buf, fieldnames=fields, restval="")
     w.writeheader()
     w.writerows(rows)
     _atomic_write_bytes(Path(path), buf.getvalue().encode())
