@@ -245,6 +245,29 @@ def evaluate_config(task: Task, cfg: QuantConfig, *, float_result=None, limit=No
     return row, res
 
 
+def _float_result(task: Task, table: ResultsTable, key: dict, *, limit, per_class, progress):
+    """The float model's per-image results, kept beside the sweep table (``float_<hash>.npz``)
+    so that resuming a sweep does not evaluate the float model again."""
+    from paper_repro.results import config_hash
+
+    path = table.path.parent / f"float_{config_hash(key)}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return imagenet.EvalResult(
+                n_images=int(z["n_images"]), n_errors=int(z["n_errors"]),
+                top1=float(z["top1"]), top5=float(z["top5"]),
+                top1_ci=tuple(z["top1_ci"].tolist()), top5_ci=tuple(z["top5_ci"].tolist()),
+                correct1=z["correct1"], correct5=z["correct5"], pred=z["pred"],
+                labels=z["labels"], indices=z["indices"])
+    res = evaluate_params(task, task.params, limit=limit, per_class=per_class,
+                          progress=progress)
+    np.savez(path, n_images=res.n_images, n_errors=res.n_errors, top1=res.top1, top5=res.top5,
+             top1_ci=np.array(res.top1_ci), top5_ci=np.array(res.top5_ci),
+             correct1=res.correct1, correct5=res.correct5, pred=res.pred, labels=res.labels,
+             indices=res.indices)
+    return res
+
+
 def run_sweep(task: Task, configs: Sequence[QuantConfig], table: ResultsTable, *,
               limit=None, per_class=None, progress=True, log=print) -> list[dict]:
     """Evaluate float and every configuration, appending each finished row to ``table``.
@@ -263,8 +286,8 @@ def run_sweep(task: Task, configs: Sequence[QuantConfig], table: ResultsTable, *
     float_res = None
     todo = [c for c in configs if not table.done(key(c))]
     if not table.done(key(float_cfg)) or todo:
-        float_res = evaluate_params(task, task.params, limit=limit, per_class=per_class,
-                                    progress=progress)
+        float_res = _float_result(task, table, key(float_cfg), limit=limit,
+                                  per_class=per_class, progress=progress)
         if not table.done(key(float_cfg)):
             row = {"task": task.name, **task.info, **float_cfg.key(), "label": "float",
                    **float_res.as_dict(), "compression_ratio": 1.0, "r_mean": 1.0,
