@@ -260,7 +260,7 @@ def plot_correlation_vs_accuracy(rows: list[dict], fit: dict, *, title: str = ""
             ax.scatter([], [], color="0.5", marker=mk, label=f"per {g}")
     ax.set_xlabel("log10 predicted noise  sum over layers (1 - r^2)/r^2")
     ax.set_ylabel("measured top-1 drop (points)")
-    ax.legend(fontsize=6.5, loc="upper left")
+    ax.legend(fontsize=6.5, loc="lower right", framealpha=0.9)
     ax.grid(alpha=0.3)
     ax = axes[1]
     for name, mk in (("r_mean", "o"), ("r_min", "x")):
