@@ -139,15 +139,18 @@ def sweep_configs(*, bits: Iterable[int] = range(2, 9),
 def storage_accounting(params, report: list[dict]) -> dict:
     """Bytes of the float32 model vs the quantized one (codes at b bits + codebooks + kept floats).
 
-    Codes are counted bit-packed (``ceil(n b / 8)`` bytes per tensor), codebooks as float32
-    (``L`` per tensor or ``C x L`` per channel), every other leaf as float32. File headers are
-    not counted here (``paper-repro pack`` measures the real file).
+    Codes are counted bit-packed (``ceil(n b / 8)`` bytes per tensor), codebooks as the packed
+    format stores them (:func:`paper_repro.storage.codebook_nbytes`: one or two float32 per
+    codebook, all positive levels for Lloyd-Max), every other leaf as float32. File headers
+    are not counted here (``paper-repro pack`` measures the real file).
     """
+    from paper_repro.storage import codebook_nbytes
+
     total = sum(int(np.size(x)) for _, x in Q.tree_paths(params))
     float_bytes = 4 * total
     q_weights = sum(r["size"] for r in report)
     code_bytes = sum(-(-r["size"] * r["bits"] // 8) for r in report)
-    book_bytes = sum(4 * int(np.size(r["quantizer"].levels)) for r in report)
+    book_bytes = sum(codebook_nbytes(r["quantizer"]) for r in report)
     kept = 4 * (total - q_weights)
     packed = code_bytes + book_bytes + kept
     from paper_repro.correction import codebook_floats
@@ -166,6 +169,57 @@ def storage_accounting(params, report: list[dict]) -> dict:
         "bits_per_weight_with_codebooks": (8 * (code_bytes + book_bytes) / q_weights
                                            if q_weights else 0.0),
     }
+
+
+def planned_compression(params, cfg: QuantConfig) -> float | None:
+    """Compression ratio of a fixed-width configuration, from shapes alone (no fitting).
+
+    Same accounting as :func:`storage_accounting` with codebooks in their stored form
+    (top level, and base for exponential levels; all positive levels for Lloyd-Max), for
+    re-deriving the column of sweep rows made under an older accounting. ``None`` for float,
+    mixed-width or folded configurations (their layout depends on the fit).
+    """
+    import re
+
+    if cfg.scheme is None or cfg.avg_bits is not None or cfg.fold_bn:
+        return None
+    leaves = Q.tree_paths(params)
+    total = sum(int(np.size(x)) for _, x in leaves)
+    keep = [re.compile(k) for k in cfg.keep_float]
+    chosen = [(p, x) for p, x in leaves if re.fullmatch(cfg.select, p) and np.ndim(x) > 0
+              and not any(k.search(p) for k in keep)]
+    per_book = {"exponential": 2, "exponential_nozero": 2}.get(cfg.scheme, 1)
+    if cfg.scheme == "lloyd_max":
+        per_book = Q.n_positive(cfg.scheme, cfg.bits)
+    n_q = code = books = 0
+    for p, x in chosen:
+        n = int(np.size(x))
+        n_books = (np.shape(x)[Q.default_channel_axis(p, x)] if cfg.granularity == "channel"
+                   else 1)
+        n_q += n
+        code += -(-n * cfg.bits // 8)
+        books += 4 * per_book * n_books
+    packed = code + books + 4 * (total - n_q)
+    return 4 * total / packed
+
+
+def config_of(row: dict) -> QuantConfig:
+    """The :class:`QuantConfig` a sweep row was made with."""
+    names = {f.name for f in dataclasses.fields(QuantConfig)}
+    kw = {k: v for k, v in row.items() if k in names}
+    kf = kw.get("keep_float", ())
+    kw["keep_float"] = tuple(x for x in kf.split(",") if x) if isinstance(kf, str) else tuple(kf)
+    return QuantConfig(**kw)
+
+
+def refresh_compression(params, rows: list[dict]) -> list[dict]:
+    """Rows with ``compression_ratio`` re-derived by :func:`planned_compression` (unchanged
+    where it does not apply), so tables made across accounting versions agree."""
+    out = []
+    for r in rows:
+        ratio = planned_compression(params, config_of(r)) if r.get("scheme") else None
+        out.append({**r, "compression_ratio": ratio} if ratio is not None else r)
+    return out
 
 
 def quantize_params(params, cfg: QuantConfig):

@@ -151,6 +151,36 @@ def full_codebook(p: jax.Array, lower: jax.Array, *, zero: bool) -> tuple[jax.Ar
     return levels, thresholds
 
 
+def canonical_levels(scheme: str, bits: int, top, a=0.5, xp=jnp):
+    """Positive levels ``(..., K)`` rebuilt from two numbers by exact float32 arithmetic.
+
+    Linear: ``step * k`` with ``step = top * float32(1/K)`` (mid-rise: ``1/(K - 1/2)``,
+    times ``k - 1/2``); exponential and pow2: ``top, top a, top a^2, ...`` by repeated
+    multiplication; sign: ``top``. Each level is one correctly rounded float32 operation
+    (or a chain of them), so the same ``(top, a)`` give the same bits in JAX and NumPy on any
+    IEEE machine: a stored codebook needs only these numbers (:mod:`paper_repro.storage`).
+    ``top``, ``a``: scalars or ``(C,)``; ``xp``: ``jax.numpy`` or ``numpy``.
+    """
+    f32 = xp.float32
+    top = xp.asarray(top, f32)[..., None]
+    K = n_positive(scheme, bits)
+    k = xp.arange(1, K + 1, dtype=f32)
+    if scheme == "sign":
+        return top
+    # multiplications only (compilers may turn a division by a constant into one anyway)
+    if scheme == "linear":
+        return (top * f32(1.0 / K)) * k
+    if scheme == "linear_midrise":
+        return (top * f32(1.0 / (K - 0.5))) * (k - f32(0.5))
+    if scheme not in _EXPONENTIAL:
+        raise ValueError(f"{scheme!r} levels have no two-number form")
+    a = xp.asarray(0.5 if scheme == "pow2" else a, f32)[..., None]
+    levels = [top]
+    for _ in range(K - 1):
+        levels.append(levels[-1] * a)
+    return xp.concatenate(levels[::-1], axis=-1)
+
+
 # --- The quantizer pytree -----------------------------------------------------------------------
 
 
@@ -444,8 +474,14 @@ def _fit_table(mom, *, scheme, bits, fit, gain, rounding, base):
         g = jax.vmap(ls_gain)(p, lower, mom)
     else:
         g = jnp.ones(p.shape[:1], jnp.float32)
+    if scheme == "lloyd_max":
+        p_final = p * g[:, None]
+    else:
+        # the stored form of the codebook: two numbers per codebook, exact in float32
+        p_final = canonical_levels(scheme, bits, out["c"] * g, out["a"])
+    lower_final = jax.vmap(lambda pk: lower_bounds(pk, zero=zero, rounding=rounding))(p_final)
     levels, thresholds = jax.vmap(lambda pk, lo: full_codebook(pk, lo, zero=zero))(
-        p * g[:, None], lower * g[:, None])
+        p_final, lower_final)
     params = {"c": out["c"], "a": out["a"], "gain": g, "r_fit": out["r"]}
     return levels, thresholds, params
 

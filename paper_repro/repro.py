@@ -19,6 +19,7 @@ def sweep_to_results(task, configs, name: str, *, limit=None, per_class=None, pr
     t0 = time.perf_counter()
     rows = E.run_sweep(task, configs, R.ResultsTable(d / "sweep.csv"), limit=limit,
                        per_class=per_class, progress=progress)
+    rows = E.refresh_compression(task.params, rows)
     flat = [{k: v for k, v in r.items()} for r in rows]
     R.write_csv(d / "table.csv", flat)
     model = task.info.get("model")

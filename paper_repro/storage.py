@@ -27,11 +27,14 @@ command records model, alpha, weight file and md5, scheme, fit, bits, granularit
 parameter tree (a nested dict, e.g. ``{layer: {var: array}}``) in the tree's order:
 
 - quantized: ``{"keys": [...], "kind": "quantized", "shape", "dtype", "scheme", "bits",
-  "n_levels", "granularity", "channel_axis", "r", "codebook": {"form": "full"|"half",
+  "n_levels", "granularity", "channel_axis", "r", "codebook": {"form": "params"|"half"|"full",
   "shape", "offset", "nbytes"}, "codes": {"bits", "offset", "nbytes"}}``. The codebook is
-  float32 ``levels: (L,)`` per tensor or ``(C, L)`` per channel; ``"half"`` stores only the
-  positive levels ``p: (..., L // 2)``, the full set being ``-p[::-1], (0 if L is odd), p``,
-  used only where that rebuilds the levels bit for bit. Per-channel codes follow the array's
+  float32 ``levels: (L,)`` per tensor or ``(C, L)`` per channel, stored in the smallest form
+  that rebuilds it bit for bit: ``"params"`` keeps each codebook's top level (and base ``a``
+  for exponential levels), ``(n_books, 1 or 2)``, the levels being
+  :func:`paper_repro.quantize.canonical_levels` (exact float32 arithmetic); ``"half"`` keeps
+  the positive levels ``p: (..., L // 2)``, the full set being ``-p[::-1], (0 if L is odd),
+  p`` (Lloyd-Max); ``"full"`` keeps every level. Per-channel codes follow the array's
   own (C-order) layout; ``channel_axis`` says which axis indexes the codebook rows.
 - kept in float: ``{"keys", "kind": "array", "shape", "dtype", "offset", "nbytes"}``, the raw
   C-order bytes of the array as it was (biases, batch-norm statistics, unselected leaves).
@@ -70,7 +73,7 @@ from paper_repro import __version__
 
 MAGIC = b"PRQPACK1"
 FORMAT = "paper-repro-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SUFFIX = ".prq"
 _PREFIX = len(MAGIC) + 4
 FLOAT_BYTES_PER_PARAM = 4  # the float32 reference model
@@ -194,14 +197,48 @@ def _full_from_half(p: np.ndarray, n_levels: int) -> np.ndarray:
     return np.concatenate([*parts, p], axis=-1)
 
 
-def _codebook(levels: np.ndarray, *, symmetric: bool) -> tuple[str, np.ndarray]:
-    """``("half", p)`` when the symmetric form rebuilds ``levels`` bit for bit, else full."""
+def _params_of(q) -> tuple[np.ndarray, np.ndarray]:
+    """``(top, a)`` per codebook, ``(n_books,)`` float32, as the quantizer built its levels."""
+    f32 = np.float32
+    top = (np.asarray(q.params["c"], f32) * np.asarray(q.params["gain"], f32)).reshape(-1)
+    return top, np.asarray(q.params["a"], f32).reshape(-1)
+
+
+def _from_params(book: np.ndarray, scheme: str, bits: int, n_levels: int) -> np.ndarray:
+    from paper_repro import quantize as Q
+
+    a = book[:, 1] if book.shape[1] > 1 else np.float32(0.5)
+    p = Q.canonical_levels(scheme, bits, book[:, 0], a, xp=np)
+    return _full_from_half(p, n_levels)
+
+
+def _codebook(levels: np.ndarray, *, symmetric: bool, q=None) -> tuple[str, np.ndarray]:
+    """The smallest exact stored form of a codebook ``levels: (L,)`` or ``(C, L)``.
+
+    ``"params"``: ``(n_books, 1)`` top level, or ``(n_books, 2)`` top level and base for
+    exponential levels, when :func:`paper_repro.quantize.canonical_levels` rebuilds the levels
+    bit for bit (every scheme but Lloyd-Max); ``"half"``: the positive levels of a symmetric
+    codebook; ``"full"``: every level.
+    """
     L = levels.shape[-1]
+    if q is not None and q.scheme != "lloyd_max":
+        top, a = _params_of(q)
+        two = q.scheme in ("exponential", "exponential_nozero")
+        book = np.stack([top, a], -1) if two else top[:, None]
+        rebuilt = _from_params(book, q.scheme, q.bits, L).reshape(levels.shape)
+        if np.array_equal(rebuilt.view(np.uint32), levels.view(np.uint32)):
+            return "params", np.ascontiguousarray(book)
     if symmetric and L >= 2:
         p = np.ascontiguousarray(levels[..., L - L // 2:])
         if np.array_equal(_full_from_half(p, L).view(np.uint32), levels.view(np.uint32)):
             return "half", p
     return "full", levels
+
+
+def codebook_nbytes(q) -> int:
+    """Bytes the packed format spends on the codebook(s) of a fitted quantizer ``q``."""
+    levels = np.ascontiguousarray(np.asarray(q.levels, np.float32))
+    return int(_codebook(levels, symmetric=True, q=q)[1].nbytes)
 
 
 # --- Packing ------------------------------------------------------------------------------------
@@ -308,7 +345,8 @@ def pack_tree(params, report: Sequence[Mapping], *, meta: Mapping | None = None,
         b = code_bits(L)
         if b > 8:
             raise ValueError(f"{path!r} has {L} levels; packed storage holds at most 256")
-        form, book = _codebook(levels, symmetric=symmetric_codebook)
+        form, book = _codebook(levels, symmetric=symmetric_codebook,
+                               q=q if symmetric_codebook else None)
         dtype = np.dtype(jax.dtypes.canonicalize_dtype(arr.dtype))  # quantize_tree's dtype
         leaves.append({
             "keys": list(keys), "kind": "quantized", "shape": list(arr.shape),
@@ -339,7 +377,11 @@ def decode_leaf(packed: PackedModel, entry: Mapping) -> np.ndarray:
     cb = entry["codebook"]
     book = np.frombuffer(_blob(packed.data, cb), np.float32).reshape(cb["shape"])
     L = int(entry["n_levels"])
-    levels = _full_from_half(book, L) if cb["form"] == "half" else book
+    if cb["form"] == "params":
+        levels = _from_params(book, entry["scheme"], int(entry["bits"]), L)
+        levels = levels[0] if entry["granularity"] != "channel" else levels
+    else:
+        levels = _full_from_half(book, L) if cb["form"] == "half" else book
     n = math.prod(shape)
     codes = unpack_codes(_blob(packed.data, entry["codes"]), entry["codes"]["bits"], n)
     if n and codes.max() >= L:

@@ -98,3 +98,16 @@ def test_mobilenet_sample_quantized(shared_data):
     # 8-bit linear per tensor stays close to float (SCIENCE/issue table: 76.8 vs 78.1 on 1300)
     assert row["top1_drop"] < 5.0
     assert 3.5 < row["compression_ratio"] < 4.0
+
+
+def test_planned_compression_matches_accounting(digits):
+    for cfg in (E.QuantConfig(scheme="linear", bits=4),
+                E.QuantConfig(scheme="exponential", bits=5, granularity="channel"),
+                E.QuantConfig(scheme="lloyd_max", bits=3, granularity="channel"),
+                E.QuantConfig(scheme="linear", bits=4, keep_float=("^dense/",))):
+        _, report = E.quantize_params(digits.params, cfg)
+        acc = E.storage_accounting(digits.params, report)
+        assert E.planned_compression(digits.params, cfg) == pytest.approx(
+            acc["compression_ratio"], rel=1e-12)
+        row = {**cfg.key(), "keep_float": ",".join(cfg.keep_float)}
+        assert E.config_of(row) == cfg

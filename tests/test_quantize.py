@@ -225,3 +225,27 @@ def test_quantize_tree_pure_and_reported():
     assert [r["bits"] for r in rep2] == [2, 4, 8]
     with pytest.raises(ValueError, match="matches no array leaf"):
         Q.quantize_tree(params, select="nothing.*", scheme="linear", bits=3)
+
+
+@pytest.mark.parametrize("scheme", ["sign", "linear", "linear_midrise", "exponential",
+                                    "exponential_nozero", "pow2"])
+def test_canonical_levels_identical_in_jax_and_numpy(scheme):
+    # The packed format stores two numbers per codebook and rebuilds the levels in NumPy:
+    # the rebuild must equal the compiled fit bit for bit (normal floats; XLA flushes
+    # subnormals to zero, which the packer detects and then stores the levels instead).
+    rng = np.random.default_rng(0)
+    top = rng.uniform(1e-3, 10, 64).astype(np.float32)
+    a = rng.uniform(0.6, 0.99, 64).astype(np.float32)
+    for bits in ((1,) if scheme == "sign" else (2, 5, 8)):
+        j = np.asarray(jax.jit(lambda t, b, s=scheme, n=bits: Q.canonical_levels(s, n, t, b))(
+            top, a))
+        n = Q.canonical_levels(scheme, bits, top, a, xp=np)
+        normal = np.all((n == 0) | (np.abs(n) >= np.finfo(np.float32).tiny), axis=-1)
+        np.testing.assert_array_equal(j[normal].view(np.uint32), n[normal].view(np.uint32))
+    w = laplace(12, (3, 3, 4, 8))
+    q = Q.fit(w, scheme=scheme, bits=1 if scheme == "sign" else 4, granularity="channel",
+              gain=True)
+    top_q = np.asarray(q.params["c"], np.float32) * np.asarray(q.params["gain"], np.float32)
+    p = Q.canonical_levels(q.scheme, q.bits, top_q, np.asarray(q.params["a"], np.float32),
+                           xp=np)
+    np.testing.assert_array_equal(np.asarray(q.levels)[:, -p.shape[1]:], p)
