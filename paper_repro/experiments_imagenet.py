@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from paper_repro import imagenet, stats
+from paper_repro import imagenet, stats, storage
 from paper_repro import quantize as Q
 from paper_repro.results import ResultsTable
 
@@ -391,11 +391,25 @@ def imagenet_task(model: str, *, weights: str | os.PathLike, data: str | os.Path
         raise FileNotFoundError(
             f"weights file {weights} not found; `paper-repro weights fetch {spec.name}` downloads "
             f"{spec.weights.file_name} (or copy it there by hand)")
-    params = W.load(spec, weights)
+    packed = None
+    if storage.is_packed(weights):
+        params, meta = storage.load_packed(weights)
+        if meta.get("model") not in (None, spec.name) or (
+                meta.get("alpha") is not None and meta.get("alpha") != spec.alpha):
+            raise ValueError(f"{weights} holds {meta.get('model')} alpha={meta.get('alpha')}, "
+                             f"not {spec.name} alpha={spec.alpha}")
+        sz = storage.sizes(storage.read_packed(weights))
+        packed = {k: meta.get(k) for k in ("scheme", "fit", "bits", "granularity")}
+        packed.update(packed_file=Path(weights).name, compression_ratio=sz["ratio"],
+                      packed_bytes=sz["packed_bytes"], float_bytes=sz["float_bytes"])
+    else:
+        params = W.load(spec, weights)
     source = imagenet.open_source(data, labels)
     images = imagenet.load(source, size=spec.input_size, policy=policy, progress=progress)
     info = {"model": spec.name, "alpha": spec.alpha, "data": source.name, "policy": policy,
             "n_data": len(source)}
+    if packed is not None:
+        info["packed"] = packed
     return Task(name=spec.name + (f"_{spec.alpha:g}" if spec.alpha else ""),
                 apply_fn=models.make_apply(spec), params=params, data=images,
                 preprocess_mode=spec.preprocess_mode, info=info, batch_size=batch_size)

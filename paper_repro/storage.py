@@ -441,6 +441,15 @@ def save_packed(path: str | os.PathLike, params, report: Sequence[Mapping] | Non
     return out
 
 
+def is_packed(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a packed model (starts with the magic bytes)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
 def read_packed(path: str | os.PathLike) -> PackedModel:
     """Read a packed model file without decoding it (for inspection)."""
     path = Path(path)

@@ -35,7 +35,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="vgg16, resnet50, xception, inception_v3, mobilenet_v2, mobilenet, "
                         "or digits_cnn (embedded)")
     p.add_argument("--alpha", type=float, default=None, help="MobileNet width multiplier")
-    p.add_argument("--weights", help="Keras .h5 weight file (or a packed .pq file)")
+    p.add_argument("--weights", help="Keras .h5 weight file, or a packed .prq file from "
+                                     "`paper-repro pack` (evaluated as stored)")
     p.add_argument("--data", help="ImageNet validation folder")
     p.add_argument("--labels", help="ground-truth file for a flat --data folder")
     p.add_argument("--policy", default="resize",
@@ -86,6 +87,9 @@ def run(args) -> int:
         task = E.imagenet_task(args.model, weights=args.weights, data=args.data,
                                labels=args.labels, alpha=args.alpha, policy=args.policy,
                                batch_size=args.batch_size, progress=progress)
+    packed = task.info.get("packed")
+    if packed is not None and args.scheme is not None:
+        raise ValueError("--weights is a packed (already quantized) file: drop --scheme")
     cfg = E.QuantConfig(scheme=args.scheme, fit=args.fit, bits=args.bits or 0,
                         granularity=args.granularity, gain=args.gain, rounding=args.rounding,
                         select=args.select, keep_float=tuple(args.keep_float),
@@ -101,7 +105,10 @@ def run(args) -> int:
     if float_res is not None:
         row["float_top1"] = round(100 * float_res.top1, 4)
         row["float_top5"] = round(100 * float_res.top5, 4)
-    if args.scheme is None:
+    if packed is not None:
+        row.update(packed)  # scheme, fit, bits, granularity and the file's real ratio
+        row.pop("packed", None)
+    elif args.scheme is None:
         row.update({"scheme": None, "fit": None, "bits": 32, "granularity": None})
     if args.json:
         print(json.dumps(row, default=float))
