@@ -111,3 +111,26 @@ def test_planned_compression_matches_accounting(digits):
             acc["compression_ratio"], rel=1e-12)
         row = {**cfg.key(), "keep_float": ",".join(cfg.keep_float)}
         assert E.config_of(row) == cfg
+
+
+@pytest.mark.shared_data
+def test_packed_file_evaluates_like_on_the_fly(shared_data, tmp_path, capsys):
+    root = shared_data
+    h5 = root / "keras-weights" / "mobilenet_7_5_224_tf.h5"
+    data = ["--data", str(root / "imagenet-val-1300" / "images"), "--labels",
+            str(root / "imagenet-val-1300" / "labels.txt"), "--policy", "crop", "--limit", "100"]
+    q = ["--scheme", "exponential", "--fit", "corr", "--bits", "6", "--granularity", "channel"]
+    out = tmp_path / "m.prq"
+    assert cli.main(["pack", "--model", "mobilenet", "--alpha", "0.75", "--weights", str(h5),
+                     *q, "--out", str(out), "--json"]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", "mobilenet", "--alpha", "0.75", "--weights",
+                     str(out), *data, "--json"]) == 0
+    packed = json.loads(capsys.readouterr().out)
+    assert cli.main(["evaluate", "--model", "mobilenet", "--alpha", "0.75", "--weights",
+                     str(h5), *data, *q, "--json"]) == 0
+    fly = json.loads(capsys.readouterr().out)
+    assert packed["top1"] == fly["top1"] and packed["top5"] == fly["top5"]
+    assert packed["bits"] == 6 and packed["scheme"] == "exponential"
+    assert packed["compression_ratio"] == pytest.approx(out.stat().st_size and
+                                                        packed["float_bytes"] / out.stat().st_size)

@@ -106,7 +106,11 @@ def run(args) -> int:
         row["float_top1"] = round(100 * float_res.top1, 4)
         row["float_top5"] = round(100 * float_res.top5, 4)
     if packed is not None:
-        row.update(packed)  # scheme, fit, bits, granularity and the file's real ratio
+        for k in ("r_mean", "r_min", "noise_sum", "zero_fraction"):
+            row.pop(k, None)  # the original weights are not in a packed file
+        row.update(packed)
+        row["label"] = (f"{packed['scheme']}/{packed['fit']}/{packed['granularity']}/"
+                        f"{packed['bits']}b (packed)")  # scheme, fit, bits, granularity and the file's real ratio
         row.pop("packed", None)
     elif args.scheme is None:
         row.update({"scheme": None, "fit": None, "bits": 32, "granularity": None})
