@@ -44,12 +44,14 @@ def test_level_count_idempotence_symmetry(scheme, bits, fit):
 def test_scale_equivariance(scale, seed, sb):
     scheme, bits = sb
     w = laplace(seed, (500,))
-    q1 = Q.fit(w, scheme=scheme, bits=bits)
-    q2 = Q.fit(w * np.float32(scale), scheme=scheme, bits=bits)
-    # r is flat at its optimum, so float32 rounding of w*scale can move the argmax by a
-    # grid step or a histogram bin: rtol 5e-3. A power-of-two scale is exact (next test).
+    q1 = Q.fit(w, scheme=scheme, bits=bits, method="sample")
+    q2 = Q.fit(w * np.float32(scale), scheme=scheme, bits=bits, method="sample")
+    # r is flat at its optimum (a ridge in (c, a) for exponential levels), so float32 rounding
+    # of w*scale can move the argmax a little along it: both fits reach the same r (1e-5)
+    # with levels within 2 %. A power-of-two scale is exact (next test).
     np.testing.assert_allclose(np.asarray(q2.levels), np.asarray(q1.levels) * scale,
-                               rtol=5e-3, atol=1e-30)
+                               rtol=2e-2, atol=1e-30)
+    assert float(q2.params["r_fit"]) == pytest.approx(float(q1.params["r_fit"]), abs=1e-5)
 
 
 @pytest.mark.parametrize("k", [-7, 3, 12])
