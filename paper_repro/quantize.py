@@ -236,7 +236,7 @@ def _search_1d(f, lo, hi, n0=_GRID, n=_ZOOM, rounds=_ROUNDS):
     return best, f(best)
 
 
-def _search_2d(f, lo, hi, n0=12, n=7, rounds=_ROUNDS):
+def _search_2d(f, lo, hi, n0=24, n=_ZOOM, rounds=_ROUNDS):
     """Maximize ``f(u, v)`` over the box ``lo..hi`` (each a pair) by grid and zoom."""
     lo = jnp.asarray(lo, jnp.float32)
     hi = jnp.asarray(hi, jnp.float32)
