@@ -6,16 +6,10 @@ import pytest
 
 from paper_repro import correlation as C
 from paper_repro import quantize as Q
+from paper_repro.experiments_quantizers import REFERENCE_R
 
 # SCIENCE.md section 2, "Reference correlations" (unit variance, optimal parameters).
-REFERENCE = {
-    ("gaussian", "linear"): {2: 0.8999, 3: 0.9763, 4: 0.9935, 5: 0.9982},
-    ("gaussian", "exponential"): {2: 0.8999, 3: 0.9768, 4: 0.9935, 5: 0.9981},
-    ("gaussian", "lloyd_max"): {1: 0.7979, 2: 0.9394, 3: 0.9826, 4: 0.9952, 5: 0.9988},
-    ("laplace", "linear"): {2: 0.8578, 3: 0.9576, 4: 0.9862, 5: 0.9955},
-    ("laplace", "exponential"): {2: 0.8578, 3: 0.9646, 4: 0.9902, 5: 0.9971},
-    ("laplace", "lloyd_max"): {1: 0.7071, 2: 0.9076, 3: 0.9724, 4: 0.9923, 5: 0.9979},
-}
+REFERENCE = REFERENCE_R
 
 
 @pytest.mark.parametrize("density,scheme", list(REFERENCE))
