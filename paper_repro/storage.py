@@ -221,7 +221,8 @@ def _codebook(levels: np.ndarray, *, symmetric: bool, q=None) -> tuple[str, np.n
     codebook; ``"full"``: every level.
     """
     L = levels.shape[-1]
-    if q is not None and q.scheme != "lloyd_max":
+    if (q is not None and q.scheme != "lloyd_max"
+            and {"c", "a", "gain"} <= set(getattr(q, "params", None) or {})):
         top, a = _params_of(q)
         two = q.scheme in ("exponential", "exponential_nozero")
         book = np.stack([top, a], -1) if two else top[:, None]

@@ -237,3 +237,24 @@ def test_without_shared_data_the_sweep_uses_a_synthetic_tree(tmp_path, monkeypat
     params = S.model_params("mobilenet", 0.25, src)
     assert S.trees_equal(params, S.synthetic_params("mobilenet", 0.25, seed=0))
     assert params["conv1"]["kernel"].dtype == np.float32
+
+
+def test_codebooks_stored_as_parameters_rebuild_bit_exactly():
+    rng = np.random.default_rng(3)
+    params = {"c1": {"kernel": rng.laplace(size=(3, 3, 8, 16)).astype(np.float32)},
+              "dw": {"depthwise_kernel": rng.laplace(size=(3, 3, 16, 1)).astype(np.float32)},
+              "bn": {"gamma": np.ones(16, np.float32)}}
+    for scheme, gran, form, width in (("linear", "channel", "params", 1),
+                                      ("exponential", "channel", "params", 2),
+                                      ("pow2", "tensor", "params", 1),
+                                      ("lloyd_max", "channel", "half", 16)):
+        new, report = Q.quantize_tree(params, scheme=scheme, bits=5, granularity=gran,
+                                      gain=True)
+        packed = S.pack_tree(params, report, meta={})
+        entries = [e for e in packed.header["leaves"] if e["kind"] == "quantized"]
+        assert {e["codebook"]["form"] for e in entries} == {form}
+        assert all(e["codebook"]["shape"][-1] == width for e in entries)
+        back = S.unpack_tree(packed)
+        for k in new:
+            for v in new[k]:
+                assert np.array_equal(np.asarray(new[k][v]), back[k][v]), (scheme, k, v)
