@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def shared_data_dir() -> Path | None:
-    """``$PAPER_REPRO_SHARED_DATA`` or ``<repo>/../shared/data``; None when absent."""
-    env = os.environ.get("PAPER_REPRO_SHARED_DATA")
-    d = Path(env) if env else ROOT.parent / "shared" / "data"
-    return d if d.is_dir() else None
+    """The package's real-data folder (``$PAPER_REPRO_SHARED_DATA`` or ``<repo>/../shared/data``);
+    None when it is not a folder."""
+    from paper_repro.weights import shared_data_dir as package_dir
+
+    d = package_dir()
+    return d if d is not None and d.is_dir() else None
 
 
 @pytest.fixture

@@ -22,7 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def shared_data_dir() -> Path:
-    return Path(os.environ.get("PAPER_REPRO_SHARED_DATA", REPO.parent / "shared" / "data"))
+    from paper_repro.weights import shared_data_dir as package_dir
+
+    return package_dir() or REPO.parent / "shared" / "data"
 
 
 def need_shared(*parts: str) -> Path:
