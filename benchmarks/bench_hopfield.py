@@ -8,7 +8,7 @@ Prints, in one run on the same machine:
 2. the synchronous update ``s <- sign(s T)`` of a batch of states (one dense step), as GFLOP/s
    and as a fraction of the measured matmul rate;
 3. a retrieval sweep (loads x coupling types, synchronous dynamics from every stored pattern
-   to a fixed point / 2-cycle): ``paper_repro.hopfield`` (jit, batched, sparse field updates)
+   to a fixed point / 2-cycle): ``paper_repro.hopfield.network`` (jit, batched, sparse field updates)
    vs a plain NumPy reference that runs each probe on its own (matrix-vector steps), and vs a
    batched NumPy loop; final overlaps must agree exactly (integer couplings).
 
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from paper_repro import hopfield as hf  # noqa: E402
+from paper_repro.hopfield import network as hf  # noqa: E402
 
 
 def best_of(f, repeat):

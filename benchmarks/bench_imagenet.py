@@ -25,9 +25,10 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from paper_repro import experiments_imagenet as E  # noqa: E402
-from paper_repro import imagenet, models  # noqa: E402
-from paper_repro import weights as W  # noqa: E402
+from paper_repro.feedforward import sweep as E  # noqa: E402
+from paper_repro.feedforward import imagenet
+from paper_repro.feedforward import models  # noqa: E402
+from paper_repro.feedforward import weights as W  # noqa: E402
 
 
 def data_and_weights(n: int):

@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from paper_repro import quantize as Q
+from paper_repro.core import quantize as Q
 
 
 def resnet50_kernel_shapes() -> list[tuple[int, ...]]:

@@ -3,8 +3,8 @@
 Codes: 4.2M random codes (MobileNet 1.0's weight count) at 1..8 bits. Baseline measured in
 the same run: a plain copy of the same uint8 codes (one read and one write pass). Then a
 whole-model round trip: a Laplace tree of MobileNet 0.75's shapes, 5-bit per-channel
-codebooks (hand-built, no fitting), :func:`paper_repro.storage.save_packed` and
-:func:`~paper_repro.storage.load_packed`, against ``np.savez``/``np.load`` of the float32 tree.
+codebooks (hand-built, no fitting), :func:`paper_repro.core.storage.save_packed` and
+:func:`~paper_repro.core.storage.load_packed`, against ``np.savez``/``np.load`` of the float32 tree.
 
 Run: ``python benchmarks/bench_storage.py``. Target: pack and unpack within ~20x a copy.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from paper_repro import quantize as Q
-from paper_repro import storage as S
+from paper_repro.core import quantize as Q
+from paper_repro.core import storage as S
 
 
 def best_of(f, n=5) -> float:

@@ -2,8 +2,8 @@
 
 Modules (one concept each):
 
-- :mod:`paper_repro.quantize`    level sets, nearest-level coding, fitting, pytree mapping.
-- :mod:`paper_repro.correlation` sample and analytic correlations, Sheppard's formula.
+- :mod:`paper_repro.core.quantize`    level sets, nearest-level coding, fitting, pytree mapping.
+- :mod:`paper_repro.core.correlation` sample and analytic correlations, Sheppard's formula.
 - :mod:`paper_repro.results`     ``run_or_load`` and ``save_figure`` with provenance.
 - :mod:`paper_repro.cli`         the ``paper-repro`` command line.
 

@@ -12,7 +12,9 @@ import importlib
 import pkgutil
 import sys
 
-from paper_repro import __version__, commands
+from paper_repro import __version__
+
+from paper_repro import commands
 
 
 def build_parser() -> argparse.ArgumentParser:

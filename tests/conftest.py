@@ -10,7 +10,7 @@ import pytest
 def shared_data_dir() -> Path | None:
     """The package's real-data folder (``$PAPER_REPRO_SHARED_DATA`` or ``<repo>/../shared/data``);
     None when it is not a folder."""
-    from paper_repro.weights import shared_data_dir as package_dir
+    from paper_repro.feedforward.weights import shared_data_dir as package_dir
 
     d = package_dir()
     return d if d is not None and d.is_dir() else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from paper_repro import baselines as B
+from paper_repro.feedforward import baselines as B
 
 
 def _w(shape=(3, 3, 8, 16), seed=0):
@@ -91,7 +91,7 @@ def test_compare_rows_are_one_table(tmp_path):
     pytest.importorskip("qwix", reason="qwix not installed: `pip install qwix==0.1.8`")
     import jax.numpy as jnp
 
-    from paper_repro import experiments_imagenet as E
+    from paper_repro.feedforward import sweep as E
     from paper_repro import results as R
 
     rng = np.random.default_rng(0)

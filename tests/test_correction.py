@@ -8,10 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from paper_repro import cli, models
-from paper_repro import correction as C
-from paper_repro import experiments_imagenet as E
-from paper_repro import quantize as Q
+from paper_repro import cli
+
+from paper_repro.feedforward import models
+from paper_repro.feedforward import repairs as C
+from paper_repro.feedforward import sweep as E
+from paper_repro.core import quantize as Q
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +209,7 @@ def test_evaluate_command_switches(capsys):
 
 @pytest.mark.shared_data
 def test_real_mobilenet_fold_equalize_exact(shared_data):
-    from paper_repro import weights as W
+    from paper_repro.feedforward import weights as W
 
     spec = models.get("mobilenet", 0.75)
     params = W.load(spec, shared_data / "keras-weights" / "mobilenet_7_5_224_tf.h5")

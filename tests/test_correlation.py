@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from paper_repro import correlation as C
-from paper_repro import quantize as Q
-from paper_repro.experiments_quantizers import REFERENCE_R
+from paper_repro.core import correlation as C
+from paper_repro.core import quantize as Q
+from paper_repro.experiments.quantizers import REFERENCE_R
 
 # SCIENCE.md section 2, "Reference correlations" (unit variance, optimal parameters).
 REFERENCE = REFERENCE_R

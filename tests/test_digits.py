@@ -1,4 +1,4 @@
-"""Tests of paper_repro.digits: data split, CNN, deterministic training, shipped checkpoint."""
+"""Tests of paper_repro.feedforward.digits: data split, CNN, deterministic training, shipped checkpoint."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from paper_repro import digits, imagenet
+from paper_repro.feedforward import digits
+
+from paper_repro.feedforward import imagenet
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from paper_repro import explorer as X
-from paper_repro import quantize as Q
+from paper_repro.feedforward import explorer as X
+from paper_repro.core import quantize as Q
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_per_channel_beats_per_tensor_with_channel_scales(rows):
 
 
 def test_network_summary_matches_correlation_summary(rows):
-    from paper_repro import experiments_imagenet as E
+    from paper_repro.feedforward import sweep as E
 
     sub = [x for x in rows if (x["scheme"], x["fit"], x["granularity"], x["bits"])
            == ("linear", "corr", "tensor", 3)]
@@ -103,7 +103,7 @@ def test_layer_view_shapes(synthetic):
 
 
 def test_load_model_from_h5_and_from_flax_params(tmp_path, synthetic):
-    from paper_repro import weights as W
+    from paper_repro.feedforward import weights as W
 
     path = W.save_h5(synthetic.params, tmp_path / "any.h5")
     m = X.load_model("h5", path=path)
@@ -162,7 +162,7 @@ def test_plots_build(synthetic, rows):
     import matplotlib
 
     matplotlib.use("Agg")
-    from paper_repro import plotting_explorer as P
+    from paper_repro.experiments import plot_explorer as P
 
     stats = X.layer_stats(synthetic.params)
     summ = X.network_summary(rows)

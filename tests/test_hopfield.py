@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from paper_repro import correlation, quantize
-from paper_repro import hopfield as hf
+from paper_repro.core import correlation
+
+from paper_repro.core import quantize
+from paper_repro.hopfield import network as hf
 
 KEY = jax.random.PRNGKey(12345)  # differs from the pattern seeds used in _net
 
@@ -203,7 +205,7 @@ def test_capacity_from_curve_and_extrapolation():
 
 def test_experiment_overlap_sweep_tiny(tmp_path, monkeypatch):
     monkeypatch.setenv("PAPER_REPRO_RESULTS", str(tmp_path))
-    from paper_repro import experiments_hopfield as ex
+    from paper_repro.experiments import hopfield as ex
 
     cfg = dict(N=120, alphas=[0.05, 0.3], seeds=2, n_probe=8, max_steps=20,
                specs=[ex.spec("float"), ex.spec("sign")], scale="sqrt_m", seed=0)

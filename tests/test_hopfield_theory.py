@@ -8,7 +8,7 @@ import pytest
 from scipy.optimize import brentq
 from scipy.special import erf
 
-from paper_repro import hopfield_theory as ht
+from paper_repro.hopfield import theory as ht
 
 
 def test_float_capacity_is_ags():

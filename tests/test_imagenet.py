@@ -1,4 +1,4 @@
-"""Tests of paper_repro.imagenet: sources, crop policies, the decode-once cache, evaluate.
+"""Tests of paper_repro.feedforward.imagenet: sources, crop policies, the decode-once cache, evaluate.
 
 Synthetic tests build tiny JPEG folders in tmp_path. Tests marked ``shared_data`` read the
 real 1300-image validation subset from ``$PAPER_REPRO_SHARED_DATA`` (default
@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paper_repro import imagenet, stats
+from paper_repro.feedforward import imagenet
+
+from paper_repro.core import stats
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def shared_data_dir() -> Path:
-    from paper_repro.weights import shared_data_dir as package_dir
+    from paper_repro.feedforward.weights import shared_data_dir as package_dir
 
     return package_dir() or REPO.parent / "shared" / "data"
 
@@ -194,7 +196,7 @@ def test_preprocess_modes():
 
 def test_preprocess_agrees_with_model_registry():
     try:
-        from paper_repro import models
+        from paper_repro.feedforward import models
     except ImportError as e:
         pytest.skip(f"model registry not available: {e}")
     x = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3)).astype(np.uint8)
@@ -322,7 +324,7 @@ _TWO_DEVICES = """
 import os, sys
 sys.path.insert(0, os.path.dirname(sys.argv[1]))
 import numpy as np, jax
-from paper_repro import imagenet
+from paper_repro.feedforward import imagenet
 import test_imagenet as t
 assert jax.local_device_count() == 2, jax.devices()
 data = t._toy_data(n=23)
@@ -435,7 +437,8 @@ def test_real_1300_loads_and_caches(val1300, tmp_path_factory):
 
 def _mobilenet():
     try:
-        from paper_repro import models, weights
+        from paper_repro.feedforward import models
+        from paper_repro.feedforward import weights
     except ImportError as e:
         pytest.skip(f"MobileNet port or weight loader not available: {e}")
     h5 = need_shared("keras-weights", "mobilenet_7_5_224_tf.h5")

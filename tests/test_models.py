@@ -1,4 +1,4 @@
-"""Tests for paper_repro.models: registry, params layout, preprocessing, and the Flax ports
+"""Tests for paper_repro.feedforward.models: registry, params layout, preprocessing, and the Flax ports
 against Keras 3 (JAX backend) as an oracle.
 
 Oracle tests build each ``keras.applications`` model with random weights and random
@@ -13,8 +13,8 @@ import keras_oracle as ko
 import numpy as np
 import pytest
 
-from paper_repro import models
-from paper_repro import weights as W
+from paper_repro.feedforward import models
+from paper_repro.feedforward import weights as W
 
 # float32 through ~50-100 layers; both sides run the same XLA ops on CPU, so the agreement
 # is usually exact, but op fusion may reorder sums: 1e-4 relative to the output scale.
@@ -40,7 +40,7 @@ PARAM_COUNTS = {
 def _grouped_depthwise(monkeypatch):
     """Oracle comparisons use the grouped convolution Keras itself runs (bit-identical);
     the fast shift-and-add depthwise path is checked against it separately."""
-    from paper_repro.models import layers
+    from paper_repro.feedforward.models import layers
 
     monkeypatch.setattr(layers, "DEPTHWISE", "grouped")
 
@@ -50,7 +50,7 @@ def _grouped_depthwise(monkeypatch):
 def test_shift_depthwise_equals_grouped(strides, padding, mult):
     import jax
 
-    from paper_repro.models import layers
+    from paper_repro.feedforward.models import layers
 
     k1, k2 = jax.random.split(jax.random.key(0))
     x = jax.random.normal(k1, (2, 9, 8, 5))

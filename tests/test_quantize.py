@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from paper_repro import correlation as C
-from paper_repro import quantize as Q
+from paper_repro.core import correlation as C
+from paper_repro.core import quantize as Q
 
 SETTINGS = settings(max_examples=8, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -1,4 +1,4 @@
-"""Tests of paper_repro.stats: Wilson interval, exact McNemar, paired bootstrap."""
+"""Tests of paper_repro.core.stats: Wilson interval, exact McNemar, paired bootstrap."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from paper_repro import stats
+from paper_repro.core import stats
 
 
 def test_wilson_known_value():

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paper_repro import cli
-from paper_repro import quantize as Q
-from paper_repro import storage as S
+from paper_repro.core import quantize as Q
+from paper_repro.core import storage as S
 
 
 def keras_tree(seed=0):
@@ -207,7 +207,7 @@ def test_bad_files_raise_clear_errors(tmp_path):
 
 
 def test_pack_and_unpack_commands(tmp_path, capsys):
-    from paper_repro import weights as W
+    from paper_repro.feedforward import weights as W
 
     params = S.synthetic_params("mobilenet", 0.25, seed=0)
     h5 = W.save_h5(params, tmp_path / "mobilenet_2_5_224_tf.h5")

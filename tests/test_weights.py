@@ -1,4 +1,4 @@
-"""Tests for paper_repro.weights: legacy Keras .h5 reading, layer matching, fetch, CLI.
+"""Tests for paper_repro.feedforward.weights: legacy Keras .h5 reading, layer matching, fetch, CLI.
 
 No network: downloads go through file:// URLs or a fake opener. Synthetic weight files are
 written with h5py in the layouts Keras 2 and Keras 3 use.
@@ -16,8 +16,10 @@ import h5py
 import numpy as np
 import pytest
 
-from paper_repro import cli, models
-from paper_repro import weights as W
+from paper_repro import cli
+
+from paper_repro.feedforward import models
+from paper_repro.feedforward import weights as W
 
 MOBILENET_075_MD5 = "7544728a764377ce5d6838a5b221cacb"
 

@@ -1,6 +1,6 @@
 """``paper-repro baselines``: qwix int-b per-channel weights vs our correlation-fitted levels.
 
-Runs :func:`paper_repro.baselines.run` on the real MobileNet 0.75 and the 1300 shared
+Runs :func:`paper_repro.feedforward.baselines.run` on the real MobileNet 0.75 and the 1300 shared
 validation images (``PAPER_REPRO_SHARED_DATA``) and writes ``results/explorer/baselines/``
 (table.csv, table.md, meta.json, baselines.png/pdf). Needs ``pip install qwix==0.1.8``.
 About 10 minutes on 2 cores for bits 4 5 6 8 (``--limit 100``: about a minute).
@@ -24,8 +24,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from paper_repro import baselines as B
-    from paper_repro import plotting_explorer as P
+    from paper_repro.feedforward import baselines as B
+    from paper_repro.experiments import plot_explorer as P
     from paper_repro import results as R
 
     try:

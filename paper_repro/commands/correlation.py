@@ -13,8 +13,8 @@ import json
 import jax
 import numpy as np
 
-from paper_repro import correlation as C
-from paper_repro import quantize as Q
+from paper_repro.core import correlation as C
+from paper_repro.core import quantize as Q
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

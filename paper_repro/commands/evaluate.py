@@ -14,7 +14,7 @@ selected kernels are quantized (no retraining), and the drop vs float on the sam
 reported with a bootstrap interval and McNemar's test. ``--model digits_cnn`` runs the
 embedded digits CNN (no weights or data needed). The data-free repairs (``--bias-correction``,
 ``--mean-preserving``, ``--fold-bn``, ``--equalize``, ``--avg-bits``) are described in
-:mod:`paper_repro.correction`, e.g.::
+:mod:`paper_repro.feedforward.repairs`, e.g.::
 
   paper-repro evaluate --model mobilenet --alpha 0.75 ... --scheme linear --bits 5 \\
       --granularity channel --gain --bias-correction
@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from paper_repro import quantize as Q
+from paper_repro.core import quantize as Q
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--select", default=r".*kernel", help="regex of parameter paths to quantize")
     p.add_argument("--keep-float", nargs="*", default=[],
                    help="regexes of paths kept in float (e.g. conv1 predictions)")
-    g = p.add_argument_group("data-free repairs (paper_repro.correction; all off by default)")
+    g = p.add_argument_group("data-free repairs (paper_repro.feedforward.repairs; all off by default)")
     g.add_argument("--bias-correction", action="store_true",
                    help="absorb each quantized kernel's expected output shift (from batch-norm "
                         "statistics, no data) into the next batch norm or bias")
@@ -73,7 +73,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from paper_repro import experiments_imagenet as E
+    from paper_repro.feedforward import sweep as E
 
     if args.scheme is not None and args.bits is None and args.avg_bits is None:
         raise ValueError("--scheme needs --bits (or --avg-bits)")

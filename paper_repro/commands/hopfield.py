@@ -42,7 +42,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def theory_table(bits=(2, 3, 4, 5)) -> dict:
     """``{"float": row, "sign": row, "ternary": row, "<scheme>-<b>": row, ...}`` (rows from
     ``hopfield_theory.theory_row``: r, r2, delta2, alpha_c, alpha_c_naive, ...)."""
-    from paper_repro import hopfield_theory as ht
+    from paper_repro.hopfield import theory as ht
 
     out = {"float": ht.theory_row("float", None), "sign": ht.theory_row("sign", 1),
            "ternary": ht.theory_row("linear", 2)}
@@ -71,8 +71,8 @@ def make_figures(*, smoke: bool = False, force: bool = False, only=None) -> dict
     """
     import matplotlib.pyplot as plt
 
-    from paper_repro import experiments_hopfield as ex
-    from paper_repro import plotting_hopfield as ph
+    from paper_repro.experiments import hopfield as ex
+    from paper_repro.experiments import plot_hopfield as ph
     from paper_repro import results
 
     names = ex.NAMES if not only else [n if n.startswith("hopfield/") else f"hopfield/{n}"

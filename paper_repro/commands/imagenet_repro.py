@@ -38,8 +38,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from paper_repro import experiments_imagenet as E
-    from paper_repro.repro import sweep_to_results
+    from paper_repro.feedforward import sweep as E
+    from paper_repro.experiments.sweeps import sweep_to_results
 
     progress = not args.no_progress
     bits = [3, 5] if args.smoke else args.bits
@@ -80,7 +80,7 @@ def run(args) -> int:
               "--cache-dir DIR` for NAME in " + ", ".join(PAPER_MODELS) + ", then `make imagenet "
               "IMAGENET_DIR=... WEIGHTS_DIR=...` (see data/README.md).")
         return 0
-    from paper_repro import models
+    from paper_repro.feedforward import models
 
     for name in args.models:
         spec = models.get(name)

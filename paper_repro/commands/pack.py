@@ -1,7 +1,7 @@
 """``paper-repro pack``: quantize a model's kernels and write them bit-packed (a ``.prq`` file).
 
 The file holds each quantized kernel as ``b``-bit codes plus its float32 codebook, and every
-other parameter (biases, batch norm) as float32; see :mod:`paper_repro.storage` for the
+other parameter (biases, batch norm) as float32; see :mod:`paper_repro.core.storage` for the
 format. Prints the size accounting: the float32 size, the file size and their ratio
 (``32 / 5 = 6.4x`` at 5 bits before codebooks and float-kept parameters).
 
@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from paper_repro import quantize
+from paper_repro.core import quantize
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -51,8 +51,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from paper_repro import models, storage
-    from paper_repro import weights as W
+    from paper_repro.feedforward import models
+    from paper_repro.core import storage
+    from paper_repro.feedforward import weights as W
 
     spec = models.get(args.model, args.alpha)
     path = Path(args.weights) if args.weights else W.fetch(spec)

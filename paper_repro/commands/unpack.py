@@ -3,7 +3,7 @@
 Prints the header (model, scheme, bits, options, versions), the size accounting and a
 per-leaf summary; ``--out`` writes the dequantized weights as a legacy Keras ``.h5`` file
 (loadable by ``paper-repro`` and by Keras ``model.load_weights``) or a flat ``.npz``
-(``"<layer>/<var>"`` keys). In Python: ``params, meta = paper_repro.storage.load_packed(f)``.
+(``"<layer>/<var>"`` keys). In Python: ``params, meta = paper_repro.core.storage.load_packed(f)``.
 
 Example::
 
@@ -32,7 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from paper_repro import storage
+    from paper_repro.core import storage
 
     packed = storage.read_packed(args.file)
     info = storage.describe(packed)
@@ -40,7 +40,7 @@ def run(args) -> int:
         out = Path(args.out)
         params = storage.unpack_tree(packed)
         if out.suffix == ".h5":
-            from paper_repro import weights as W
+            from paper_repro.feedforward import weights as W
 
             if any(not isinstance(d, dict) or any(isinstance(v, dict) for v in d.values())
                    for d in params.values()):

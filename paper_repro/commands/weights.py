@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from paper_repro import models
-from paper_repro import weights as W
+from paper_repro.feedforward import models
+from paper_repro.feedforward import weights as W
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -1,0 +1,333 @@
+"""Figures of the correlation explorer (arrays/rows -> matplotlib Figure; SCIENCE.md 2).
+
+Inputs come from :mod:`paper_repro.feedforward.explorer`: :func:`~paper_repro.feedforward.explorer.layer_view`
+(one layer, one quantizer), :func:`~paper_repro.feedforward.explorer.r_table` rows,
+:func:`~paper_repro.feedforward.explorer.layer_stats` rows and
+:func:`~paper_repro.feedforward.explorer.correlation_vs_accuracy`. :func:`interactive_layer` is the one
+function that computes (through the explorer) and plots: it is the target of
+``ipywidgets.interact`` in ``notebooks/explorer.ipynb``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+
+STYLE = {  # (scheme, fit) -> colour, line style
+    ("linear", "max"): ("tab:blue", "--"), ("linear", "corr"): ("tab:blue", "-"),
+    ("exponential", "max"): ("tab:red", "--"), ("exponential", "corr"): ("tab:red", "-"),
+    ("lloyd_max", "corr"): ("k", ":"), ("linear_midrise", "corr"): ("tab:cyan", "-"),
+    ("exponential_nozero", "corr"): ("tab:orange", "-"), ("pow2", "max"): ("tab:purple", "--"),
+    ("pow2", "corr"): ("tab:purple", "-"),
+}
+
+
+def _style(scheme, fit):
+    return STYLE.get((scheme, fit), ("tab:gray", "-"))
+
+
+def _levels_for_plot(view: dict) -> tuple[np.ndarray, str]:
+    lv = np.asarray(view["levels"])
+    if lv.ndim == 1:
+        return lv, "levels"
+    tops = np.abs(lv).max(axis=1)
+    c = int(np.argsort(tops)[len(tops) // 2])
+    return lv[c], f"levels of channel {c} (median top level of {lv.shape[0]})"
+
+
+def plot_layer(view: dict, *, title: str | None = None) -> plt.Figure:
+    """Two panels for one layer: the weight density (log scale) with the fitted levels drawn
+    on it, and original vs quantized weights (a scatter of a subsample)."""
+    w, w_hat = np.asarray(view["w"]), np.asarray(view["w_hat"])
+    st = view["stats"]
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
+    lv, what = _levels_for_plot(view)
+    lim = max(float(np.abs(w).max()), float(np.abs(lv).max())) * 1.05
+    ax0.hist(w, bins=161, range=(-lim, lim), density=True, color="0.6", log=True)
+    std = float(np.std(w))
+    x = np.linspace(-lim, lim, 400)
+    ax0.plot(x, np.exp(-0.5 * (x / std) ** 2) / (std * np.sqrt(2 * np.pi)), "b-", lw=0.8,
+             label="Gaussian, same std")
+    b = std / np.sqrt(2)
+    ax0.plot(x, np.exp(-np.abs(x) / b) / (2 * b), "g-", lw=0.8, label="Laplace, same std")
+    for i, v in enumerate(lv):
+        ax0.axvline(v, color="tab:red", lw=0.8, alpha=0.8, label=what if i == 0 else None)
+    lo = 0.5 / (len(w) * (2 * lim / 161))
+    ax0.set_ylim(bottom=lo)
+    ax0.set_xlabel("weight w")
+    ax0.set_ylabel("density (log)")
+    ax0.legend(fontsize=7, loc="upper right")
+    ax0.set_title(f"{view['path']}: kurtosis {st['kurtosis']:.1f}, max/std "
+                  f"{st['max_over_std']:.1f}", fontsize=9)
+    n = min(len(w), 20000)
+    ax1.scatter(w[:n], w_hat[:n], s=2, alpha=0.3, color="tab:red", rasterized=True)
+    ax1.plot([-lim, lim], [-lim, lim], "k-", lw=0.5)
+    ax1.set_xlabel("original w")
+    ax1.set_ylabel("quantized Q(w)")
+    ax1.set_title(f"{view['scheme']} / {view['fit']} / {view['granularity']} / "
+                  f"{view['bits']} bits: r = {view['r']:.5f}", fontsize=9)
+    fig.suptitle(title or view["path"], fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _sel(rows, **kw):
+    return [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
+
+
+def _combos(rows):
+    seen = []
+    for r in rows:
+        c = (r["scheme"], r["fit"])
+        if c not in seen:
+            seen.append(c)
+    return seen
+
+
+def plot_r_vs_bits(r_rows: list[dict], summary_rows: list[dict], *, layer: str | None = None,
+                   title: str = "") -> plt.Figure:
+    """r vs bits per scheme and fit: one layer's ``1 - r`` (log) and the network's predicted
+    noise ``sum (1 - r^2)/r^2``, per tensor (left) and per channel (right) in each panel."""
+    layer = layer or r_rows[0]["path"]
+    grans = sorted({r["granularity"] for r in r_rows}, reverse=True)
+    fig, axes = plt.subplots(2, len(grans), figsize=(5 * len(grans), 7.5), squeeze=False,
+                             sharey="row")
+    for j, g in enumerate(grans):
+        for s, f in _combos(r_rows):
+            col, ls = _style(s, f)
+            rs = sorted(_sel(r_rows, path=layer, scheme=s, fit=f, granularity=g),
+                        key=lambda r: r["bits"])
+            if rs:
+                axes[0, j].semilogy([r["bits"] for r in rs], [1 - r["r"] for r in rs], ls,
+                                    color=col, marker="o", ms=3, label=f"{s} / {f}")
+            ss = sorted(_sel(summary_rows, scheme=s, fit=f, granularity=g),
+                        key=lambda r: r["bits"])
+            if ss:
+                axes[1, j].semilogy([r["bits"] for r in ss], [r["noise_sum"] for r in ss], ls,
+                                    color=col, marker="o", ms=3, label=f"{s} / {f}")
+        axes[0, j].set_title(f"{layer}, per {g}", fontsize=9)
+        axes[1, j].set_title(f"whole network, per {g}", fontsize=9)
+        axes[1, j].set_xlabel("bits per weight (sign included)")
+        for ax in axes[:, j]:
+            ax.grid(alpha=0.3, which="both")
+    axes[0, 0].set_ylabel("1 - r (log)")
+    axes[1, 0].set_ylabel("predicted noise  sum (1 - r^2)/r^2")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title or "correlation vs bits", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_r_per_layer(r_rows: list[dict], stats_rows: list[dict], *, bits: int,
+                     granularity: str = "tensor", title: str = "") -> plt.Figure:
+    """``1 - r`` per layer (log) at one width, one line per scheme and fit, layer kinds on
+    the x axis labels."""
+    fig, ax = plt.subplots(figsize=(max(7, 0.3 * len(stats_rows) + 3), 4))
+    for s, f in _combos(r_rows):
+        col, ls = _style(s, f)
+        rs = sorted(_sel(r_rows, bits=bits, scheme=s, fit=f, granularity=granularity),
+                    key=lambda r: r["index"])
+        if rs:
+            ax.semilogy([r["index"] for r in rs], [1 - r["r"] for r in rs], ls, color=col,
+                        marker="o", ms=3, label=f"{s} / {f}")
+    ax.set_xticks([r["index"] for r in stats_rows])
+    ax.set_xticklabels([r["path"].split("/")[0] for r in stats_rows], rotation=90, fontsize=6)
+    ax.set_ylabel("1 - r (log)")
+    ax.set_title(title or f"correlation per layer, {bits} bits, per {granularity}", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def gain_ratio(r_rows: list[dict], *, bits: int, fit: str, granularity: str = "tensor"
+               ) -> dict[str, float]:
+    """Per layer: ``(1 - r_linear) / (1 - r_exponential)`` (> 1: exponential levels help)."""
+    lin = {r["path"]: r["r"] for r in _sel(r_rows, bits=bits, fit=fit, scheme="linear",
+                                            granularity=granularity)}
+    exp = {r["path"]: r["r"] for r in _sel(r_rows, bits=bits, fit=fit, scheme="exponential",
+                                            granularity=granularity)}
+    return {p: (1 - lin[p]) / max(1 - exp[p], 1e-12) for p in lin if p in exp}
+
+
+def plot_layer_stats(stats_rows: list[dict], r_rows: list[dict], *, bits: int,
+                     title: str = "") -> plt.Figure:
+    """Why exponential levels help: per-layer kurtosis, max/std and tail mass, and the gain
+    ``(1 - r_lin)/(1 - r_exp)`` against kurtosis and against max/std (fit max and corr)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    idx = [r["index"] for r in stats_rows]
+    ax = axes[0]
+    ax.bar(idx, [r["kurtosis"] for r in stats_rows], color="0.6", label="excess kurtosis")
+    ax.plot(idx, [r["max_over_std"] for r in stats_rows], "r.-", label="max|w| / std")
+    ax.axhline(3, color="g", lw=0.8, ls=":", label="Laplace kurtosis (3)")
+    ax.set_xticks(idx)
+    ax.set_xticklabels([r["path"].split("/")[0] for r in stats_rows], rotation=90, fontsize=6)
+    ax.set_title("tails per layer", fontsize=9)
+    ax.legend(fontsize=7)
+    for ax, key, lab in ((axes[1], "kurtosis", "excess kurtosis"),
+                         (axes[2], "max_over_std", "max|w| / std")):
+        st = {r["path"]: r for r in stats_rows}
+        for fit, mk in (("max", "o"), ("corr", "s")):
+            g = gain_ratio(r_rows, bits=bits, fit=fit)
+            if g:
+                ax.scatter([st[p][key] for p in g], list(g.values()), marker=mk, s=18,
+                           alpha=0.7, label=f"fit {fit}")
+        ax.axhline(1, color="k", lw=0.6)
+        ax.set_yscale("log")
+        ax.set_xlabel(lab)
+        ax.set_ylabel(f"(1 - r_linear) / (1 - r_exp) at {bits} bits")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+        ax.set_title("> 1: exponential levels closer to the weights", fontsize=9)
+    fig.suptitle(title or "layer statistics that explain the exponential gain", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_tensor_vs_channel(r_rows: list[dict], stats_rows: list[dict], *, bits: int,
+                           title: str = "") -> plt.Figure:
+    """Per tensor vs per channel: ``1 - r`` of each layer with one codebook (x) and one per
+    output channel (y), coloured by the spread of the channel scales; below the diagonal,
+    per-channel fits help."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), squeeze=False)
+    spread = {r["path"]: r["channel_spread"] for r in stats_rows}
+    for ax, scheme in zip(axes[0], ("linear", "exponential"), strict=True):
+        t = {r["path"]: r["r"] for r in _sel(r_rows, bits=bits, fit="corr", scheme=scheme,
+                                              granularity="tensor")}
+        c = {r["path"]: r["r"] for r in _sel(r_rows, bits=bits, fit="corr", scheme=scheme,
+                                              granularity="channel")}
+        ps = [p for p in t if p in c]
+        if not ps:
+            ax.set_title(f"{scheme}: no per-channel rows", fontsize=9)
+            continue
+        x = np.array([1 - t[p] for p in ps])
+        y = np.array([1 - c[p] for p in ps])
+        col = np.log10(np.clip([spread.get(p, 1.0) for p in ps], 1.0, 1e3))
+        sc = ax.scatter(x, y, c=col, cmap="viridis", s=22, vmin=0, vmax=3)
+        lo, hi = min(x.min(), y.min()) * 0.8, max(x.max(), y.max()) * 1.2
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.6)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("1 - r, per tensor")
+        ax.set_ylabel("1 - r, per channel")
+        ax.set_title(f"{scheme} / corr / {bits} bits", fontsize=9)
+        fig.colorbar(sc, ax=ax, label="log10 channel-std spread (p95/p5, capped 1e3)")
+    fig.suptitle(title or "per tensor vs per channel", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_correlation_vs_accuracy(rows: list[dict], fit: dict, *, title: str = "") -> plt.Figure:
+    """Measured top-1 drop vs the network's predicted noise ``sum (1 - r^2)/r^2`` (log) with
+    the logistic and isotonic fits, and vs the size-weighted mean r; quality in the legend."""
+    from sklearn.isotonic import IsotonicRegression
+
+    from paper_repro.feedforward.explorer import logistic
+
+    y = fit["y"]
+    x = fit["log10_noise"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    ax = axes[0]
+    markers = {"tensor": "o", "channel": "s"}
+    for i, r in enumerate(rows):
+        col, _ = _style(r["scheme"], r["fit"])
+        ax.scatter(x[i], y[i], color=col, marker=markers.get(r.get("granularity"), "^"),
+                   s=14 + 4 * int(r["bits"]), alpha=0.75,
+                   facecolors="none" if r["fit"] == "max" else col)
+    xs = np.linspace(x.min() - 0.2, x.max() + 0.2, 300)
+    lg = fit["logistic"]
+    if lg["params"]:
+        ax.plot(xs, logistic(xs, **lg["params"]), "k-", lw=1,
+                label=f"logistic fit: R^2 = {lg['r2']:.3f}, RMSE {lg['rmse']:.2f} pts")
+    iso = IsotonicRegression(out_of_bounds="clip").fit(x, y)
+    ax.plot(xs, iso.predict(xs), color="0.4", ls="--", lw=1,
+            label=f"isotonic: leave-one-out R^2 = {fit['isotonic_loo_r2']:.3f}")
+    p = fit["predictors"]["noise_sum"]
+    ax.plot([], [], " ", label=f"Spearman rho = {p['spearman_rho']:.3f} "
+                               f"(p = {p['spearman_p']:.1e}), n = {fit['n']}")
+    for (s, f), (col, _) in STYLE.items():
+        if any(r["scheme"] == s and r["fit"] == f for r in rows):
+            ax.scatter([], [], color=col, facecolors="none" if f == "max" else col,
+                       label=f"{s} / {f}")
+    for g, mk in markers.items():
+        if any(r.get("granularity") == g for r in rows):
+            ax.scatter([], [], color="0.5", marker=mk, label=f"per {g}")
+    ax.set_xlabel("log10 predicted noise  sum over layers (1 - r^2)/r^2")
+    ax.set_ylabel("measured top-1 drop (points)")
+    ax.legend(fontsize=6.5, loc="lower right", framealpha=0.9)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    for name, mk in (("r_mean", "o"), ("r_min", "x")):
+        d = fit["predictors"][name]
+        ax.scatter(1 - d["x"], y, marker=mk, s=16, alpha=0.7,
+                   label=f"1 - {name}: Spearman rho = {-d['spearman_rho']:.3f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("1 - r  (size-weighted mean / min over layers)")
+    ax.set_ylabel("measured top-1 drop (points)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    fig.suptitle(title or "does correlation predict accuracy?", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_baselines(rows: Sequence[dict], *, title: str = "") -> plt.Figure:
+    """Library int-b (qwix) vs ours: top-1 and mean ``1 - r`` per method and width."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fl = next((r for r in rows if r["method"] == "float"), None)
+    groups = {"qwix": ("tab:green", "qwix int per-channel absmax"),
+              "ours linear": ("tab:blue", "ours linear corr per-channel"),
+              "ours exponential": ("tab:red", "ours exponential corr per-channel")}
+    for key, (col, lab) in groups.items():
+        rs = sorted((r for r in rows if r["method"].startswith(key)), key=lambda r: r["bits"])
+        if rs:
+            b = [int(r["bits"]) for r in rs]
+            axes[0].plot(b, [float(r["top1"]) for r in rs], "o-", color=col, label=lab)
+            axes[1].semilogy(b, [1 - float(r["r_mean"]) for r in rs], "o-", color=col,
+                             label=lab)
+    if fl is not None:
+        axes[0].axhline(float(fl["top1"]), color="k", lw=0.8, ls=":", label="float")
+    axes[0].set_ylabel("top-1 (%)")
+    axes[1].set_ylabel("1 - mean r (log)")
+    for ax in axes:
+        ax.set_xlabel("bits per weight")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(title or "library baseline vs correlation-fitted levels", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def interactive_layer(model: str = "synthetic", layer: int = 0, scheme: str = "exponential",
+                      fit: str = "corr", bits: int = 4, granularity: str = "tensor"):
+    """Load ``model`` (an :func:`paper_repro.feedforward.explorer.available_models` name, cached),
+    quantize layer number ``layer`` and draw :func:`plot_layer`; the target of
+    ``ipywidgets.interact``. Settings a scheme refuses are shown as a message."""
+    from paper_repro.feedforward import explorer as X
+
+    m = X.load_model(model)
+    ks = X.kernels(m.params)
+    i = min(max(int(layer), 0), len(ks) - 1)
+    try:
+        view = X.layer_view(m.params, i, scheme=scheme, fit=fit, bits=int(bits),
+                            granularity=granularity)
+    except ValueError as e:
+        print(f"not available: {e}")
+        return None
+    fig = plot_layer(view, title=f"{m.name}: layer {i} of {len(ks)}")
+    try:  # inside a notebook/widget: render now (works with any matplotlib backend)
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display(fig)
+            plt.close(fig)
+    except ImportError:
+        pass
+    return fig

@@ -1,0 +1,448 @@
+"""Keras-applications ``.h5`` weight files: read, match to a model, write, download.
+
+SCIENCE.md section 1: the papers quantize the official Keras-applications ImageNet weights.
+These are legacy Keras ``.h5`` files:
+
+- Keras 2 layout: root attribute ``layer_names``; one group per layer with attribute
+  ``weight_names``; datasets at ``<layer>/<var>:0`` inside the layer group.
+- Keras 3 legacy layout (``legacy_h5_format.save_weights_to_hdf5_group``): the same, with
+  weight names ``<layer>/<var>`` (no ``:0``) and an extra ``top_level_model_weights`` group.
+- Files saved from a whole model (``model.save("x.h5")``) hold this under ``model_weights``.
+- Long attributes may be split by Keras into ``layer_names0``, ``layer_names1``, ...
+
+:func:`load` returns ``{keras_layer_name: {keras_var_name: np.ndarray float32}}`` for a
+registry model. Layers are matched by name; where names differ (Keras auto-names such as
+``conv2d_17`` depend on how many layers a session had built), auto-named layers are matched
+by creation order within their kind, and any remaining layers by order. Every match is
+checked for shape, and a mismatch names the layer.
+
+:func:`fetch` downloads an official file to a cache folder (``$PAPER_REPRO_CACHE/weights``,
+default ``~/.cache/paper_repro/weights``), verifying the checksum Keras publishes; offline it fails fast and
+says which file to download from where and where to put it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from paper_repro.feedforward import models
+from paper_repro.feedforward.models import ModelSpec
+
+__all__ = [
+    "WeightsUnavailableError",
+    "cache_folder",
+    "fetch",
+    "file_hash",
+    "info",
+    "load",
+    "load_pretrained",
+    "match_layers",
+    "read_h5",
+    "save_h5",
+    "shared_data_dir",
+]
+
+DEFAULT_TIMEOUT_S = 10.0
+
+# Keras's automatic layer names: a class-derived base with an optional numeric suffix.
+_AUTO_NAME = re.compile(
+    r"^(conv2d|batch_normalization|dense|depthwise_conv2d|separable_conv2d|conv2d_transpose)"
+    r"(?:_(\d+))?$"
+)
+
+
+class WeightsUnavailableError(FileNotFoundError):
+    """An official weight file is not on disk and could not be downloaded."""
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def cache_folder(path: str | os.PathLike | None = None) -> Path:
+    """The weight cache folder: ``path``, else ``$PAPER_REPRO_CACHE/weights``, else
+    ``~/.cache/paper_repro/weights`` (the package's cache root, shared with the ImageNet
+    image cache)."""
+    if path is not None:
+        return Path(path).expanduser()
+    env = os.environ.get("PAPER_REPRO_CACHE")
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "paper_repro"
+    return root / "weights"
+
+
+def shared_data_dir() -> Path | None:
+    """The real-data folder: ``$PAPER_REPRO_SHARED_DATA`` if set, else ``None``."""
+    env = os.environ.get("PAPER_REPRO_SHARED_DATA")
+    return Path(env).expanduser() if env else None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _h5py():
+    import h5py
+
+    return h5py
+
+
+def _attr_list(group, name: str) -> list[str] | None:
+    """Keras ``load_attributes_from_hdf5_group``: plain or chunked (``name0``, ``name1``...)."""
+    if name in group.attrs:
+        values = list(group.attrs[name])
+    elif f"{name}0" in group.attrs:
+        values, i = [], 0
+        while f"{name}{i}" in group.attrs:
+            values.extend(group.attrs[f"{name}{i}"])
+            i += 1
+    else:
+        return None
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _var_name(weight_name: str) -> str:
+    """``"conv1/kernel:0"`` or ``"model/conv1/kernel"`` -> ``"kernel"``."""
+    name = weight_name.rsplit("/", 1)[-1]
+    return re.sub(r":\d+$", "", name)
+
+
+def _weights_root(f):
+    if "layer_names" in f.attrs or "layer_names0" in f.attrs:
+        return f
+    if "model_weights" in f:
+        return f["model_weights"]
+    if "layers" in f and "vars" not in f.attrs:
+        raise ValueError(
+            f"{f.filename} looks like a Keras 3 '.weights.h5' file, not a legacy Keras .h5 "
+            "weight file; re-save it with keras.src.legacy.saving.legacy_h5_format."
+            "save_weights_to_hdf5_group, or load it in Keras and call "
+            "paper_repro.feedforward.weights.save_h5 on the extracted weights"
+        )
+    raise ValueError(
+        f"{f.filename} is not a Keras weight file: no 'layer_names' attribute at the root "
+        "or in a 'model_weights' group"
+    )
+
+
+def read_h5(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
+    """All layers with weights in a legacy Keras ``.h5`` file, in the file's layer order.
+
+    Returns ``{layer_name: {var_name: array}}`` (var names without the layer prefix and
+    ``:0``; arrays as stored, Keras layouts). Layers without weights are left out.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weight file at {path}")
+    h5py = _h5py()
+    out: dict[str, dict[str, np.ndarray]] = {}
+    with h5py.File(path, "r") as f:
+        root = _weights_root(f)
+        for layer in _attr_list(root, "layer_names") or []:
+            if layer not in root:
+                continue
+            g = root[layer]
+            names = _attr_list(g, "weight_names") or []
+            if not names:
+                continue
+            out[layer] = {_var_name(w): np.asarray(g[w][()]) for w in names}
+    return out
+
+
+def file_hash(path: str | os.PathLike, algorithm: str = "md5") -> str:
+    """Hex digest (``"md5"`` or ``"sha256"``) of a file."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def info(path: str | os.PathLike) -> dict[str, Any]:
+    """Summary of a weight file: layers with their variable shapes, parameter count, md5.
+
+    Returns ``{"path", "md5", "keras_version", "backend", "n_layers", "n_params",
+    "layers": [{"name", "vars": {var: shape}, "n_params"}]}``.
+    """
+    path = Path(path)
+    layers = read_h5(path)
+    h5py = _h5py()
+    with h5py.File(path, "r") as f:
+        root = _weights_root(f)
+        attrs = {
+            k: (v.decode("utf8") if isinstance(v, bytes) else str(v))
+            for k, v in root.attrs.items()
+            if k in ("keras_version", "backend")
+        }
+    rows = [
+        {
+            "name": name,
+            "vars": {v: list(a.shape) for v, a in d.items()},
+            "n_params": int(sum(a.size for a in d.values())),
+        }
+        for name, d in layers.items()
+    ]
+    return {
+        "path": str(path),
+        "md5": file_hash(path, "md5"),
+        "keras_version": attrs.get("keras_version"),
+        "backend": attrs.get("backend"),
+        "n_layers": len(rows),
+        "n_params": int(sum(r["n_params"] for r in rows)),
+        "layers": rows,
+    }
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def _auto(name: str) -> tuple[str, int] | None:
+    m = _AUTO_NAME.match(name)
+    if not m:
+        return None
+    return m.group(1), int(m.group(2) or 0)
+
+
+def _aligned(want_vars, found: Mapping[str, Any]) -> list[Any]:
+    """The file's arrays of one layer in the model's variable order: by variable name when
+    the names agree, else in file order (old files name variables differently)."""
+    if set(want_vars) == set(found):
+        return [found[v] for v in want_vars]
+    return list(found.values())
+
+
+def _shapes(want_vars, found: Mapping[str, Any]) -> list[tuple]:
+    return [tuple(np.shape(a)) for a in _aligned(want_vars, found)]
+
+
+def match_layers(
+    expected: Mapping[str, Mapping[str, tuple]],
+    found: Mapping[str, Mapping[str, Any]],
+) -> dict[str, str]:
+    """Pair each expected (model) layer with a layer in the file.
+
+    ``expected``: ``{layer: {var: shape}}`` in model creation order; ``found``: the file's
+    layers in file order. Returns ``{model_layer: file_layer}``.
+
+    1. If every model layer is in the file under its own name with the same shapes: by name
+       (extra layers in the file, e.g. a top on a no-top model, are ignored).
+    2. Otherwise: explicitly named layers by name; Keras auto-named layers (``conv2d_17``,
+       ``batch_normalization``...) per kind by creation order (the numeric suffix); anything
+       left by order. Raises ``ValueError`` naming the layer when counts or shapes disagree.
+    """
+    if all(
+        n in found and _shapes(e, found[n]) == [tuple(s) for s in e.values()]
+        for n, e in expected.items()
+    ):
+        return {n: n for n in expected}
+
+    mapping: dict[str, str] = {}
+    for n in expected:
+        if _auto(n) is None and n in found:
+            mapping[n] = n
+    used = set(mapping.values())
+    rest_model = [n for n in expected if n not in mapping]
+    rest_file = [n for n in found if n not in used]
+
+    if rest_model and all(_auto(n) for n in rest_model) and all(_auto(n) for n in rest_file):
+        groups_m: dict[str, list[str]] = {}
+        groups_f: dict[str, list[tuple[int, str]]] = {}
+        for n in rest_model:
+            groups_m.setdefault(_auto(n)[0], []).append(n)
+        for n in rest_file:
+            base, k = _auto(n)
+            groups_f.setdefault(base, []).append((k, n))
+        if {b: len(v) for b, v in groups_m.items()} == {b: len(v) for b, v in groups_f.items()}:
+            for base, ms in groups_m.items():
+                for m, (_, f) in zip(ms, sorted(groups_f[base]), strict=True):
+                    mapping[m] = f
+            rest_model, rest_file = [], []
+
+    if rest_model:
+        if len(rest_model) != len(rest_file):
+            raise ValueError(
+                f"cannot match {len(rest_model)} model layers (first: {rest_model[0]!r}) to "
+                f"{len(rest_file)} unmatched layers with weights in the file"
+                + (f" (first: {rest_file[0]!r})" if rest_file else "")
+                + "; is this the weight file of this architecture and configuration "
+                "(alpha, include_top, classes)?"
+            )
+        mapping.update(zip(rest_model, rest_file, strict=True))
+
+    for m, f in mapping.items():
+        want = [tuple(s) for s in expected[m].values()]
+        got = _shapes(expected[m], found[f])
+        if want != got:
+            where = f"layer {m!r}" if m == f else f"model layer {m!r} (file layer {f!r})"
+            file_shapes = {v: tuple(np.shape(a)) for v, a in found[f].items()}
+            raise ValueError(
+                f"shape mismatch at {where}: the model expects {dict(expected[m])}, "
+                f"the file has {file_shapes}; wrong architecture, alpha, include_top or "
+                "number of classes?"
+            )
+    return {m: mapping[m] for m in expected}
+
+
+def load(
+    spec: ModelSpec | str,
+    path: str | os.PathLike,
+    *,
+    alpha: float | None = None,
+    input_size: int | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Load a legacy Keras ``.h5`` weight file into params for a registry model.
+
+    ``spec``: a :class:`~paper_repro.feedforward.models.ModelSpec` or a registry name (then ``alpha``
+    applies). ``input_size`` only matters for VGG16 with its top (224 for ImageNet).
+    Returns ``{keras_layer_name: {keras_var_name: float32 array}}`` in model order, with the
+    model's variable names and Keras layouts.
+    """
+    if isinstance(spec, str):
+        spec = models.get(spec, alpha)
+    expected = spec.param_shapes(input_size)
+    found = read_h5(path)
+    try:
+        mapping = match_layers(expected, found)
+    except ValueError as e:
+        raise ValueError(f"{Path(path).name} into {spec.name}: {e}") from None
+    params = {}
+    for m, f in mapping.items():
+        arrays = _aligned(expected[m], found[f])
+        params[m] = {
+            v: np.asarray(a, dtype=np.float32) for v, a in zip(expected[m], arrays, strict=True)
+        }
+    return params
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def save_h5(
+    params: Mapping[str, Mapping[str, Any]],
+    path: str | os.PathLike,
+    *,
+    suffix: str = ":0",
+    keras_version: str = "2.1.4",
+    backend: str = "tensorflow",
+) -> Path:
+    """Write ``{layer: {var: array}}`` as a legacy Keras 2 ``.h5`` weight file.
+
+    Weight names are ``<layer>/<var><suffix>`` (``suffix=""`` gives the Keras 3 spelling).
+    Keras loads the result with ``model.load_weights(path)`` (a ``.h5`` name).
+    """
+    h5py = _h5py()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([n.encode("utf8") for n in params])
+        f.attrs["keras_version"] = keras_version.encode("utf8")
+        f.attrs["backend"] = backend.encode("utf8")
+        for layer, d in params.items():
+            g = f.create_group(layer)
+            names = [f"{layer}/{v}{suffix}" for v in d]
+            g.attrs["weight_names"] = np.array([n.encode("utf8") for n in names])
+            for n, a in zip(names, d.values(), strict=True):
+                g.create_dataset(n, data=np.asarray(a))
+    return path
+
+
+# --------------------------------------------------------------------------- download
+
+
+def _check_hash(path: Path, expected: str | None) -> str | None:
+    """Raise if ``path`` does not have the ``expected`` md5/sha256; return the md5."""
+    md5 = file_hash(path, "md5")
+    if expected is None:
+        return md5
+    algo = {32: "md5", 64: "sha256"}.get(len(expected))
+    if algo is None:
+        raise ValueError(f"checksum {expected!r} is neither an md5 nor a sha256 hex digest")
+    got = md5 if algo == "md5" else file_hash(path, "sha256")
+    if got != expected.lower():
+        raise ValueError(
+            f"{path} has {algo} {got}, expected {expected}: the file is corrupt or not the "
+            "official one; delete it and fetch again"
+        )
+    return md5
+
+
+def fetch(
+    name: str | ModelSpec,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    alpha: float | None = None,
+    include_top: bool = True,
+    url: str | None = None,
+    expected_hash: str | None = "official",
+    timeout: float = DEFAULT_TIMEOUT_S,
+    opener: Callable[..., Any] | None = None,
+    use_shared_data: bool = True,
+) -> Path:
+    """The path of the official weight file for a model, downloading it if needed.
+
+    Looks in the cache folder (:func:`cache_folder`), then in ``<shared data>/keras-weights/``;
+    otherwise downloads ``url`` (default: the official Keras-applications URL) with
+    ``opener`` (default ``urllib.request.urlopen``, called as ``opener(url, timeout=...)``)
+    to ``<cache>/<file name>`` and verifies ``expected_hash`` ("official": the checksum
+    Keras publishes, ``None``: no check). Raises :class:`WeightsUnavailableError` (offline
+    or not found) saying which file to download from where and where to put it, and
+    ``ValueError`` on a checksum mismatch.
+    """
+    spec = name if isinstance(name, ModelSpec) else models.get(name, alpha, include_top=include_top)
+    wf = spec.weights
+    url = url or wf.url
+    want = wf.hash if expected_hash == "official" else expected_hash
+    folder = cache_folder(cache_dir)
+    dest = folder / wf.file_name
+
+    if dest.is_file():
+        _check_hash(dest, want)
+        return dest
+    shared = shared_data_dir()
+    if use_shared_data and shared is not None:
+        candidate = shared / "keras-weights" / wf.file_name
+        if candidate.is_file():
+            _check_hash(candidate, want)
+            return candidate
+
+    folder.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    opener = opener or urllib.request.urlopen
+    try:
+        with opener(url, timeout=timeout) as response, open(part, "wb") as out:
+            shutil.copyfileobj(response, out, length=1 << 20)
+    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as e:
+        part.unlink(missing_ok=True)
+        check = f" ({wf.hash_algorithm} {want})" if want else ""
+        raise WeightsUnavailableError(
+            f"could not download {wf.file_name} ({type(e).__name__}: {e}). "
+            f"Download it yourself from {url}{check} and put it at {dest} "
+            f"(e.g. curl -L -o {dest} {url}), or pass the folder that holds it as the cache "
+            "folder"
+        ) from None
+    try:
+        _check_hash(part, want)
+    except ValueError:
+        part.unlink(missing_ok=True)
+        raise
+    part.replace(dest)
+    return dest
+
+
+def load_pretrained(
+    name: str,
+    alpha: float | None = None,
+    *,
+    include_top: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[ModelSpec, dict[str, dict[str, np.ndarray]]]:
+    """``(spec, params)`` with the official ImageNet weights (:func:`fetch` then :func:`load`)."""
+    spec = models.get(name, alpha, include_top=include_top)
+    return spec, load(spec, fetch(spec, cache_dir))
