@@ -18,9 +18,6 @@ import json
 import sys
 import time
 
-SCHEMES = ("linear", "linear_midrise", "exponential", "exponential_nozero", "pow2", "lloyd_max")
-
-
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("hopfield", help="Hopfield networks with quantized couplings: theory and "
                        "figures", description=__doc__,
@@ -39,20 +36,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def theory_table(bits=(2, 3, 4, 5)) -> dict:
-    """``{"float": row, "sign": row, "ternary": row, "<scheme>-<b>": row, ...}`` (rows from
-    ``hopfield_theory.theory_row``: r, r2, delta2, alpha_c, alpha_c_naive, ...)."""
-    from paper_repro.hopfield import theory as ht
-
-    out = {"float": ht.theory_row("float", None), "sign": ht.theory_row("sign", 1),
-           "ternary": ht.theory_row("linear", 2)}
-    for sch in SCHEMES:
-        for b in bits:
-            out[f"{sch}-{b}"] = ht.theory_row(sch, b)
-    return out
-
-
 def _theory(args) -> int:
+    from paper_repro.hopfield.theory import theory_table
+
     tab = theory_table(tuple(args.bits))
     if args.json:
         print(json.dumps(tab))
@@ -65,33 +51,12 @@ def _theory(args) -> int:
 
 
 def make_figures(*, smoke: bool = False, force: bool = False, only=None) -> dict:
-    """Compute (or load) every Hopfield figure, draw it, save it; write the capacity table.
+    """Run every Hopfield experiment (or those in ``only``); returns ``{name: seconds}``."""
+    from paper_repro import experiments as X
 
-    Returns ``{name: seconds}``.
-    """
-    import matplotlib.pyplot as plt
-
-    from paper_repro.experiments import hopfield as ex
-    from paper_repro.experiments import plot_hopfield as ph
-    from paper_repro import results
-
-    names = ex.NAMES if not only else [n if n.startswith("hopfield/") else f"hopfield/{n}"
-                                       for n in only]
-    for n in names:
-        if n not in ex.NAMES:
-            raise ValueError(f"unknown figure {n!r}; choose from {', '.join(ex.NAMES)}")
-    times = {}
-    for name in names:
-        t0 = time.perf_counter()
-        data = ex.run(name, smoke=smoke, force=force)
-        fig = ph.PLOTS[name](data)
-        results.save_figure(fig, name)
-        plt.close(fig)
-        if name == "hopfield/capacity_vs_bits":
-            ex.write_capacity_table(data)
-        times[name] = round(time.perf_counter() - t0, 1)
-        print(f"{name}: {times[name]} s -> {results.results_dir(name)}", file=sys.stderr)
-    return times
+    names = ["hopfield"] if not only else [n if n.startswith("hopfield/") else f"hopfield/{n}"
+                                           for n in only]
+    return {o.name: round(o.seconds, 1) for o in X.run_many(names, smoke=smoke, force=force)}
 
 
 def run(args) -> int:

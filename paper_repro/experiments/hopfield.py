@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from paper_repro.hopfield import network as hf
 from paper_repro.hopfield import theory as ht
 from paper_repro import results
+from paper_repro.experiments.base import Experiment, register
 
 NAMES = (
     "hopfield/r_vs_bits",
@@ -558,40 +559,10 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# --- entry point ---------------------------------------------------------------------------
-
-COMPUTE = {
-    "hopfield/r_vs_bits": compute_r_vs_bits,
-    "hopfield/overlap_vs_alpha": compute_overlap_vs_alpha,
-    "hopfield/capacity_vs_bits": compute_capacity,
-    "hopfield/basins": compute_basins,
-    "hopfield/field_agreement": compute_field_agreement,
-}
-
-
-def run(name: str, config: Mapping[str, Any] | None = None, *, smoke: bool = False,
-        force: bool = False) -> dict[str, np.ndarray]:
-    """Compute (or load) figure ``name``'s arrays via ``results.run_or_load``.
-
-    ``config=None`` takes ``configs(smoke)[name]``.
-    """
-    if name not in COMPUTE:
-        raise ValueError(f"unknown Hopfield figure {name!r}; choose one of {', '.join(NAMES)}")
-    config = dict(configs(smoke)[name] if config is None else config)
-    fn = COMPUTE[name]
-    if name in ("hopfield/overlap_vs_alpha", "hopfield/capacity_vs_bits"):
-        fn = functools.partial(fn, name=name)
-    return results.run_or_load(name, config, functools.partial(fn, config), force=force)
-
-
-def write_capacity_table(cap: Mapping[str, np.ndarray], name: str = "hopfield") -> dict:
-    """Write ``results/<name>/capacity_table.{csv,md}`` (+ the corr-vs-max differences)."""
+def capacity_markdown(cap: Mapping[str, np.ndarray]) -> str:
+    """The capacity table as Markdown, with how to read it."""
     rows = capacity_table(cap)
     diffs = fit_differences(rows)
-    d = results.results_dir(name)
-    results.write_csv(d / "capacity_table.csv", rows)
-    if diffs:
-        results.write_csv(d / "capacity_fit_differences.csv", diffs)
     thr = float(cap["threshold"])
     md = [
         "# Hopfield capacity with quantized couplings",
@@ -600,7 +571,9 @@ def write_capacity_table(cap: Mapping[str, np.ndarray], name: str = "hopfield") 
         f"below {thr} (synchronous T = 0 dynamics); alpha_c_sim_inf: least-squares fit "
         "alpha_c(N) = a + b / sqrt(N) over N = " + ", ".join(str(int(n)) for n in cap["Ns"]) +
         " (err: standard error of a). Theory: replica-symmetric T = 0 with static noise "
-        "delta^2 = 1/r^2 - 1 (SCIENCE.md section 3) with r from the Gaussian density (alpha_c_theory; max-anchored fits pin the top level at the expected largest coupling) or with the measured r (alpha_c_theory_rsim); naive: 0.138 r^2. r2_sim is measured on "
+        "delta^2 = 1/r^2 - 1 (docs/theory.md, section 3) with r from the Gaussian density "
+        "(alpha_c_theory; max-anchored fits pin the top level at the expected largest coupling) "
+        "or with the measured r (alpha_c_theory_rsim); naive: 0.138 r^2. r2_sim is measured on "
         "the largest N; max-anchored fits lose r as N grows (the top level follows max|T|).",
         "",
         markdown_table(rows),
@@ -608,5 +581,82 @@ def write_capacity_table(cap: Mapping[str, np.ndarray], name: str = "hopfield") 
     ]
     if diffs:
         md += ["## corr-fitted minus max-anchored", "", markdown_table(diffs), ""]
-    (d / "capacity_table.md").write_text("\n".join(md))
-    return {"rows": rows, "differences": diffs}
+    return "\n".join(md)
+
+
+def theory_arrays(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The RS theory table as arrays: one entry per coupling type."""
+    tab = ht.theory_table(tuple(config["bits"]))
+    keys = list(tab)
+    cols = ("r", "r2", "delta2", "alpha_c", "alpha_c_naive", "fraction_of_float", "m_c")
+    out = {"coupling": np.array(keys), "n_levels": np.array(
+        [tab[k]["n_levels"] or 0 for k in keys])}
+    for c in cols:
+        out[c] = np.array([float(tab[k][c]) for k in keys])
+    return out
+
+
+def theory_rows(data: Mapping[str, np.ndarray], config=None) -> list[dict]:
+    """Rows of the theory table (rounded to 4 decimals)."""
+    keys = [str(k) for k in data["coupling"]]
+    return [{"coupling": k, "n_levels": int(data["n_levels"][i]) or None,
+             **{c: round(float(data[c][i]), 4) for c in ("r2", "delta2", "alpha_c",
+                                                         "alpha_c_naive", "fraction_of_float")}}
+            for i, k in enumerate(keys)]
+
+
+# --- declarations ---------------------------------------------------------------------------
+
+
+def _plot(name):
+    def plot(data, config):
+        from paper_repro.experiments import plot_hopfield
+
+        return plot_hopfield.PLOTS[name](data)
+    return plot
+
+
+_COMPUTE = {
+    "hopfield/r_vs_bits": lambda c, ctx: compute_r_vs_bits(c),
+    "hopfield/overlap_vs_alpha":
+        lambda c, ctx: compute_overlap_vs_alpha(c, name="hopfield/overlap_vs_alpha"),
+    "hopfield/capacity_vs_bits":
+        lambda c, ctx: compute_capacity(c, name="hopfield/capacity_vs_bits"),
+    "hopfield/basins": lambda c, ctx: compute_basins(c),
+    "hopfield/field_agreement": lambda c, ctx: compute_field_agreement(c),
+}
+_TITLES = {
+    "hopfield/r_vs_bits": "r between T and Q(T) vs bits, measured and from the density",
+    "hopfield/overlap_vs_alpha": "retrieval overlap vs load at N = 2000, with RS theory",
+    "hopfield/capacity_vs_bits": "capacity vs bits: simulation extrapolated, theory, naive",
+    "hopfield/basins": "basins of attraction: final vs initial overlap",
+    "hopfield/field_agreement": "local-field sign agreement vs Sheppard's formula",
+}
+_TABLES = {
+    "hopfield/overlap_vs_alpha": {"overlap_summary.csv": lambda d, c: overlap_summary(d)},
+    "hopfield/capacity_vs_bits": {
+        "capacity_table.csv": lambda d, c: capacity_table(d),
+        "capacity_fit_differences.csv": lambda d, c: fit_differences(capacity_table(d)),
+        "capacity_table.md": lambda d, c: capacity_markdown(d),
+    },
+}
+
+register(Experiment(
+    name="hopfield/theory",
+    title="replica-symmetric capacity with static noise 1/r^2 - 1, every coupling type",
+    config=lambda smoke: {"bits": [2, 3] if smoke else [2, 3, 4, 5]},
+    compute=lambda c, ctx: theory_arrays(c),
+    tables={"theory_table.csv": lambda d, c: theory_rows(d),
+            "theory_table.md": lambda d, c: markdown_table(theory_rows(d))},
+    notebook="hopfield", runtime="about 20 s",
+))
+for _name in NAMES:
+    register(Experiment(
+        name=_name, title=_TITLES[_name],
+        config=lambda smoke, _n=_name: configs(smoke)[_n],
+        compute=_COMPUTE[_name],
+        plots={_name.replace("/", "_"): _plot(_name)},
+        tables=_TABLES.get(_name, {}),
+        notebook="hopfield",
+        runtime="about 12 min for all Hopfield figures (2 cores); seconds at smoke size",
+    ))

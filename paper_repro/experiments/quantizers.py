@@ -14,6 +14,7 @@ import numpy as np
 
 from paper_repro.core import correlation as C
 from paper_repro.core import quantize as Q
+from paper_repro.experiments.base import Experiment, register
 
 SCHEMES = ("linear", "exponential", "pow2", "lloyd_max")
 
@@ -99,3 +100,24 @@ def summary_rows(data: dict, config: dict) -> list[dict]:
                     "r_sample_max": round(float(data["r_max"][i, j, k]), 4),
                 })
     return rows
+
+
+# --- declaration ----------------------------------------------------------------------------
+
+
+def _plot(data, config):
+    from paper_repro.experiments import plot_quantizers
+
+    return plot_quantizers.plot_quantizers(data, config)
+
+
+register(Experiment(
+    name="quantizers",
+    title="Level sets and correlation r vs bits on Gaussian and Laplace weights",
+    config=default_config,
+    compute=lambda config, ctx: quantizer_curves(config),
+    plots={"quantizers": _plot},
+    tables={"summary.csv": lambda data, config: summary_rows(data, config)},
+    notebook="quantizers",
+    runtime="about 4 min full, 20 s smoke (2 cores)",
+))

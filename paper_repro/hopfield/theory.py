@@ -200,3 +200,18 @@ def theory_row(scheme: str, bits: int | None, *, fit: str = "corr") -> dict:
         "m_c": float(capacity_overlap(jnp.float32(r))),
         "params": info["params"],
     }
+
+
+TABLE_SCHEMES = ("linear", "linear_midrise", "exponential", "exponential_nozero", "pow2",
+                 "lloyd_max")
+
+
+def theory_table(bits=(2, 3, 4, 5)) -> dict:
+    """``{"float": row, "sign": row, "ternary": row, "<scheme>-<b>": row, ...}`` with rows of
+    :func:`theory_row` (r, r2, delta2, alpha_c, alpha_c_naive, fraction_of_float, ...)."""
+    out = {"float": theory_row("float", None), "sign": theory_row("sign", 1),
+           "ternary": theory_row("linear", 2)}
+    for sch in TABLE_SCHEMES:
+        for b in bits:
+            out[f"{sch}-{b}"] = theory_row(sch, b)
+    return out
