@@ -80,9 +80,17 @@ def cache_folder(path: str | os.PathLike | None = None) -> Path:
 
 
 def shared_data_dir() -> Path | None:
-    """The real-data folder: ``$PAPER_REPRO_SHARED_DATA`` if set, else ``None``."""
+    """The real-data folder: ``$PAPER_REPRO_SHARED_DATA`` if set, else the fetched-data folder
+    (``paper_repro.datasets.data_root()``: ``$PAPER_REPRO_DATA``, else
+    ``~/.cache/paper-repro/data``) when it holds at least one complete entry (``paper-repro
+    data fetch``), else ``None``."""
     env = os.environ.get("PAPER_REPRO_SHARED_DATA")
-    return Path(env).expanduser() if env else None
+    if env:
+        return Path(env).expanduser()
+    from paper_repro import datasets
+
+    root = datasets.data_root()
+    return root if any(datasets.present(n, root) for n in datasets.names()) else None
 
 
 # --------------------------------------------------------------------------- reading
