@@ -141,7 +141,8 @@ def test_every_width_and_codebook_form(bits, zero, symmetric):
         full = np.sort(full + rng.normal(scale=1e-3, size=full.shape).astype(np.float32))
     report = []
     for name, gran, lv in (("t", "tensor", full[0]), ("c", "channel", full)):
-        q = hand_quantizer(lv, scheme="x", bits=bits, granularity=gran, channel_axis=2)
+        q = hand_quantizer(lv, scheme="linear" if zero else "lloyd_max", bits=bits,
+                           granularity=gran, channel_axis=2)
         report.append({"path": f"{name}/depthwise_kernel", "codes": np_encode(w, q),
                        "quantizer": q})
     params = {"t": {"depthwise_kernel": w}, "c": {"depthwise_kernel": w}}

@@ -1,26 +1,40 @@
-"""Bit-packed storage of quantized models: the "6x smaller" claim made concrete (SCIENCE.md 1).
+"""Bit-packed storage of quantized models: the "6x smaller" claim made concrete.
 
 A quantized weight is an integer code (an index into a small codebook of levels), so a
 ``b``-bit quantizer needs ``b`` bits per weight plus the codebook, against 32 bits for a
 float32 weight: ``32 / 5 = 6.4x`` at 5 bits, before the codebooks and the parameters that
-stay in float (biases, batch norm). This module writes such files and accounts for every
-byte of them.
+stay in float (biases, batch norm). This module writes such files, checks them on every
+load, and accounts for every byte of them.
 
 Bit packing (:func:`pack_codes`, :func:`unpack_codes`)
     ``n`` codes of ``b`` bits (``1 <= b <= 8``) become ``ceil(n b / 8)`` bytes. Code ``i``
     occupies stream bits ``i b .. i b + b - 1``, least significant bit first, and stream bit
     ``k`` is bit ``k % 8`` (LSB = 0) of byte ``k // 8``; the unused high bits of the last byte
     are zero. A scheme with ``2^b - 1`` levels (a zero level) still stores ``b`` bits a code.
+    With entropy coding (``coding="ans"``) a layer's codes are instead an ANS stream under a
+    stored categorical model of their histogram (:mod:`paper_repro.core.entropy`).
 
-Container (``.prq`` files, :func:`save_packed` / :func:`load_packed`), little-endian::
+Container (``.prq`` files, :func:`save_packed` / :func:`load_packed`), format 3, little-endian::
 
-    offset 0       8 bytes  magic b"PRQPACK1"
-    offset 8       4 bytes  uint32 H, the header length
-    offset 12      H bytes  header, UTF-8 JSON (compact)
-    offset 12 + H           data: the blobs back to back (no padding, no compression);
-                            every blob's offset (from the data start) and length is in the header
+    offset 0          8 bytes  magic b"PRQPACK3"
+    offset 8          4 bytes  uint32 H, the header length (2 <= H <= 64 MiB)
+    offset 12         H bytes  header, UTF-8 JSON (compact)
+    offset 12 + H     D bytes  data: the blobs back to back, in header order (no padding)
+    offset 12 + H + D 32 bytes SHA-256 of every byte before it (magic, length, header, data)
 
-The header is ``{"format": "paper-repro-packed", "format_version": 1, "package_version",
+Every load (:meth:`PackedModel.from_bytes`) checks, before using anything: the magic, the
+header length, the checksum, then every header field (all keys present with the right types,
+known dtypes and schemes, ``bits`` within the scheme's range, ``n_levels`` equal to the
+scheme's level count, channel axes within the rank, codebook and code sizes equal to what the
+shapes imply, blobs tiling the data section exactly: offsets inside the file and never
+overlapping); decoding then checks the codes against the codebook and that an entropy-coded
+stream is consumed exactly. Any failure is a one-line ``ValueError`` naming the file and the
+problem. Files of formats 1 and 2 (magic ``b"PRQPACK1"``, no checksum) are refused unless the
+caller passes ``allow_unverified=True``, which loads them after the same structural checks
+(their payload cannot be verified). :func:`weights_kind` tells a packed model from an HDF5
+weight file by content and refuses anything else.
+
+The header is ``{"format": "paper-repro-packed", "format_version": 3, "package_version",
 "meta": {...}, "leaves": [...]}``. ``meta`` is free-form JSON from the caller (the ``pack``
 command records model, alpha, weight file and md5, scheme, fit, bits, granularity and the
 :func:`~paper_repro.core.quantize.quantize_tree` options). ``leaves`` lists every array of the
@@ -28,37 +42,50 @@ parameter tree (a nested dict, e.g. ``{layer: {var: array}}``) in the tree's ord
 
 - quantized: ``{"keys": [...], "kind": "quantized", "shape", "dtype", "scheme", "bits",
   "n_levels", "granularity", "channel_axis", "r", "codebook": {"form": "params"|"half"|"full",
-  "shape", "offset", "nbytes"}, "codes": {"bits", "offset", "nbytes"}}``. The codebook is
-  float32 ``levels: (L,)`` per tensor or ``(C, L)`` per channel, stored in the smallest form
-  that rebuilds it bit for bit: ``"params"`` keeps each codebook's top level (and base ``a``
-  for exponential levels), ``(n_books, 1 or 2)``, the levels being
-  :func:`paper_repro.core.quantize.canonical_levels` (exact float32 arithmetic); ``"half"`` keeps
-  the positive levels ``p: (..., L // 2)``, the full set being ``-p[::-1], (0 if L is odd),
-  p`` (Lloyd-Max); ``"full"`` keeps every level. Per-channel codes follow the array's
-  own (C-order) layout; ``channel_axis`` says which axis indexes the codebook rows.
+  "shape", "offset", "nbytes"}, "codes": {"bits", "coding": "fixed"|"ans", "offset", "nbytes"
+  [, "model": {"offset", "nbytes"}]}}``. The codebook is float32 ``levels: (L,)`` per tensor
+  or ``(C, L)`` per channel, stored in the smallest form that rebuilds it bit for bit:
+  ``"params"`` keeps each codebook's top level (and base ``a`` for exponential levels),
+  ``(n_books, 1 or 2)``, the levels being :func:`paper_repro.core.quantize.canonical_levels`
+  (exact float32 arithmetic); ``"half"`` keeps the positive levels ``p: (..., L // 2)``, the
+  full set being ``-p[::-1], (0 if L is odd), p`` (Lloyd-Max); ``"full"`` keeps every level.
+  Codes follow the array's own (C-order) layout; ``channel_axis`` says which axis indexes
+  the codebook rows. ``"fixed"`` codes are bit-packed at ``bits = ceil(log2 L)``; ``"ans"``
+  codes are a stream of little-endian uint32 words after a ``model`` blob of ``L`` uint16
+  weights (:mod:`paper_repro.core.entropy`). Blob order: codebook, model, codes.
 - kept in float: ``{"keys", "kind": "array", "shape", "dtype", "offset", "nbytes"}``, the raw
-  C-order bytes of the array as it was (biases, batch-norm statistics, unselected leaves).
+  C-order little-endian bytes of the array as it was (biases, batch-norm statistics,
+  unselected leaves). ``dtype`` is a name: bool, (u)int8..64, float16, bfloat16, float32,
+  float64, complex64, complex128.
 
 Decoding is ``levels[codes]`` (per channel: row ``c`` of the codebook for channel ``c``) cast
 to the stored dtype, which is bit for bit what :func:`~paper_repro.core.quantize.quantize_tree`
-returned. :func:`load_packed` is the loader the evaluation code uses::
+returned (float16 and bfloat16 leaves included). :func:`load_packed` is the loader the
+evaluation code uses::
 
-    params, meta = storage.load_packed("mobilenet_exp5.prq")   # {layer: {var: float32 array}}
+    params, meta = storage.load_packed("mobilenet_exp5.prq")   # {layer: {var: array}}
 
-Size accounting (:func:`sizes`): ``float_bytes`` = 4 bytes x every parameter (the float32
-model), ``packed_bytes`` = the file size, split into ``codes_bytes``, ``codebook_bytes``,
-``float_kept_bytes`` and ``header_bytes`` (magic + length + JSON), which add up to it exactly;
-``ratio = float_bytes / packed_bytes``. A general-purpose compressor applied afterwards
-(:func:`zlib_bytes`) is reported separately and never mixed into ``ratio``.
+Size accounting, one source of truth: :func:`codebook_nbytes`, :func:`codes_nbytes` and
+:func:`layer_nbytes` give exactly the bytes the packer writes for a layer (from a fitted
+quantizer, or from scheme, bits, granularity and channel count alone);
+:func:`packed_nbytes` predicts a whole file, header included, without writing it.
+:func:`sizes` reads the accounting of a packed model: ``float_bytes`` = 4 bytes x every
+parameter (the float32 model), ``packed_bytes`` = the file size, split into ``codes_bytes``,
+``codebook_bytes``, ``float_kept_bytes`` and ``header_bytes`` (magic + length + JSON +
+checksum), which add up to it exactly; ``ratio = float_bytes / packed_bytes``. A
+general-purpose compressor applied afterwards (:func:`zlib_bytes`) is reported separately and
+never mixed into ``ratio``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import struct
+import sys
 import tempfile
 import time
 import zlib
@@ -70,13 +97,21 @@ import jax
 import numpy as np
 
 from paper_repro import __version__
+from paper_repro.core import entropy
 
-MAGIC = b"PRQPACK1"
+MAGIC = b"PRQPACK3"  # format 3: checksummed
+LEGACY_MAGIC = b"PRQPACK1"  # formats 1 and 2: no checksum
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 FORMAT = "paper-repro-packed"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 SUFFIX = ".prq"
 _PREFIX = len(MAGIC) + 4
+CHECKSUM_BYTES = 32  # SHA-256
+MAX_HEADER_BYTES = 64 << 20
+MAX_NDIM = 32
+CODINGS = ("fixed", "ans")
 FLOAT_BYTES_PER_PARAM = 4  # the float32 reference model
+_EXPONENTIAL_BOOK = ("exponential", "exponential_nozero")  # codebooks stored as (top, base)
 
 
 # --- Bit packing --------------------------------------------------------------------------------
@@ -155,6 +190,37 @@ def code_bits(n_levels: int) -> int:
     return max(1, (int(n_levels) - 1).bit_length())
 
 
+# --- Dtypes -------------------------------------------------------------------------------------
+
+_DTYPE_NAMES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                "float16", "bfloat16", "float32", "float64", "complex64", "complex128")
+_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
+_LEGACY_DTYPES = ("|b1", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8", "<f2", "<f4",
+                  "<f8", "<c8", "<c16")  # formats 1-2 stored numpy's dtype.str
+
+
+def _dtype_of(name: str) -> np.dtype:
+    """The little-endian dtype stored under ``name`` (a name of :data:`_DTYPE_NAMES`)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        if sys.byteorder != "little":
+            raise NotImplementedError("bfloat16 leaves are stored little-endian; this machine "
+                                      "is big-endian")
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name).newbyteorder("<")
+
+
+def _dtype_name(dtype) -> str:
+    """The stored name of a numpy dtype; ``ValueError`` for dtypes the format does not hold."""
+    dt = np.dtype(dtype)
+    name = "bfloat16" if dt.name == "bfloat16" else dt.name
+    if name not in _DTYPE_NAMES or (name != "bfloat16" and dt.kind not in "biufc"):
+        raise ValueError(f"dtype {dt} cannot be stored; the format holds "
+                         f"{', '.join(_DTYPE_NAMES)}")
+    return name
+
+
 # --- Trees --------------------------------------------------------------------------------------
 
 
@@ -224,7 +290,7 @@ def _codebook(levels: np.ndarray, *, symmetric: bool, q=None) -> tuple[str, np.n
     if (q is not None and q.scheme != "lloyd_max"
             and {"c", "a", "gain"} <= set(getattr(q, "params", None) or {})):
         top, a = _params_of(q)
-        two = q.scheme in ("exponential", "exponential_nozero")
+        two = q.scheme in _EXPONENTIAL_BOOK
         book = np.stack([top, a], -1) if two else top[:, None]
         rebuilt = _from_params(book, q.scheme, q.bits, L).reshape(levels.shape)
         if np.array_equal(rebuilt.view(np.uint32), levels.view(np.uint32)):
@@ -236,64 +302,369 @@ def _codebook(levels: np.ndarray, *, symmetric: bool, q=None) -> tuple[str, np.n
     return "full", levels
 
 
-def codebook_nbytes(q) -> int:
-    """Bytes the packed format spends on the codebook(s) of a fitted quantizer ``q``."""
-    levels = np.ascontiguousarray(np.asarray(q.levels, np.float32))
-    return int(_codebook(levels, symmetric=True, q=q)[1].nbytes)
+def _levels_of(q) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(q.levels, np.float32))
+
+
+# --- Sizes: what the packer writes, one place -----------------------------------------------------
+
+
+def codebook_nbytes(q=None, *, scheme: str | None = None, bits: int | None = None,
+                    granularity: str = "tensor", n_channels: int = 1,
+                    symmetric: bool = True) -> int:
+    """Bytes the packed format spends on a layer's codebook(s).
+
+    With a fitted quantizer ``q`` (``scheme`` etc. must then be omitted): exactly what
+    :func:`pack_tree` writes for it (the stored form depends on whether its parameters rebuild
+    its levels bit for bit). Without one: what the packer writes for the quantizers
+    :func:`~paper_repro.core.quantize.quantize_tree` fits with ``scheme`` at ``bits``, one
+    codebook per tensor or ``n_channels`` per channel: 4 bytes x (1 per codebook for linear,
+    mid-rise, sign and pow2 levels; 2 for exponential ones; ``L // 2`` positive levels for
+    Lloyd-Max), or every level (``4 L``) with ``symmetric=False`` (``pack --full-codebook``).
+    """
+    if q is not None:
+        if scheme is not None or bits is not None:
+            raise ValueError("give a fitted quantizer or scheme/bits, not both")
+        return int(_codebook(_levels_of(q), symmetric=symmetric,
+                             q=q if symmetric else None)[1].nbytes)
+    from paper_repro.core import quantize as Q
+
+    if scheme is None or bits is None:
+        raise ValueError("codebook_nbytes needs a fitted quantizer, or scheme= and bits=")
+    Q.check_args(scheme, bits, granularity=granularity)
+    if isinstance(n_channels, bool) or not isinstance(n_channels, (int, np.integer)) \
+            or n_channels < 1 or (granularity == "tensor" and n_channels != 1):
+        raise ValueError(f"n_channels must be 1 per tensor or the channel count per channel, "
+                         f"got {n_channels!r} with granularity {granularity!r}")
+    L = Q.n_levels(scheme, bits)
+    if not symmetric:
+        per = L
+    elif scheme == "lloyd_max":
+        per = L // 2
+    else:
+        per = 2 if scheme in _EXPONENTIAL_BOOK else 1
+    return 4 * per * int(n_channels)
+
+
+def codes_nbytes(n: int, n_levels: int, *, codes=None, coding: str = "fixed") -> int:
+    """Bytes the packed format spends on ``n`` codes of an ``n_levels`` codebook.
+
+    ``coding="fixed"``: ``ceil(n * ceil(log2 L) / 8)``. ``coding="ans"``: the entropy-coded
+    model and stream of ``codes`` (needed; ``n`` must equal their count), computed by running
+    the encoder (:func:`paper_repro.core.entropy.coded_nbytes`); no file is written.
+    """
+    if coding == "fixed":
+        return packed_size(n, code_bits(n_levels))
+    if coding != "ans":
+        raise ValueError(f"unknown coding {coding!r}; choose one of {', '.join(CODINGS)}")
+    if codes is None:
+        raise ValueError("the entropy-coded size depends on the codes: pass codes=")
+    if np.size(codes) != n:
+        raise ValueError(f"{np.size(codes)} codes given for n={n}")
+    return entropy.coded_nbytes(codes, n_levels)
+
+
+def layer_nbytes(q, *, n: int | None = None, codes=None, coding: str = "fixed",
+                 symmetric: bool = True) -> int:
+    """Bytes of one quantized layer in the packed format: codebook(s) plus codes.
+
+    ``q``: the fitted quantizer; ``n``: the layer's weight count (default: ``codes.size``);
+    ``codes``: needed for ``coding="ans"``.
+    """
+    if n is None:
+        if codes is None:
+            raise ValueError("layer_nbytes needs n= or codes=")
+        n = int(np.size(codes))
+    return (codebook_nbytes(q, symmetric=symmetric)
+            + codes_nbytes(n, _levels_of(q).shape[-1], codes=codes, coding=coding))
 
 
 # --- Packing ------------------------------------------------------------------------------------
+
+
+class _Corrupt(Exception):
+    """A failed check of a packed file (turned into a one-line ``ValueError`` with the name)."""
+
+
+def _one_line(s: str) -> str:
+    return " ".join(str(s).split())
 
 
 @dataclasses.dataclass(frozen=True)
 class PackedModel:
     """A packed model in memory: the JSON ``header`` and the ``data`` section (bytes).
 
-    ``to_bytes()`` is exactly the file :func:`save_packed` writes.
+    ``to_bytes()`` is exactly the file :func:`save_packed` writes (checksum appended);
+    ``source`` names the file in error messages.
     """
 
     header: dict
     data: bytes
+    source: str = dataclasses.field(default="packed model", compare=False)
 
     def header_bytes(self) -> bytes:
         return json.dumps(self.header, separators=(",", ":")).encode("utf8")
 
     def to_bytes(self) -> bytes:
         h = self.header_bytes()
-        return MAGIC + struct.pack("<I", len(h)) + h + self.data
+        body = MAGIC + struct.pack("<I", len(h)) + h + self.data
+        return body + hashlib.sha256(body).digest()
+
+    def file_nbytes(self) -> int:
+        """Length of :meth:`to_bytes` without building it."""
+        return _PREFIX + len(self.header_bytes()) + len(self.data) + CHECKSUM_BYTES
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> PackedModel:
+    def from_bytes(cls, blob: bytes, *, source: str = "packed model",
+                   allow_unverified: bool = False) -> PackedModel:
+        """Check and parse a packed file (see the module docstring for the checks).
+
+        ``ValueError`` (one line, starting with ``source``) for anything but an intact file of
+        format 3; formats 1-2 are refused unless ``allow_unverified``.
+        """
         blob = bytes(blob)
-        if len(blob) < _PREFIX or blob[: len(MAGIC)] != MAGIC:
-            raise ValueError("not a packed paper-repro model (bad magic); write one with "
-                             "`paper-repro pack` or storage.save_packed")
+        magic = blob[: len(MAGIC)]
+        if magic == LEGACY_MAGIC:
+            return cls._legacy(blob, source, allow_unverified)
+        if magic != MAGIC:
+            raise ValueError(f"{source}: not a packed paper-repro model (bad magic bytes "
+                             f"{magic!r}; expected {MAGIC!r}); write one with `paper-repro pack`")
+        try:
+            return cls._checked(blob, source)
+        except _Corrupt as e:
+            raise ValueError(f"{source}: corrupt packed model: {_one_line(e)}; re-create it with "
+                             "`paper-repro pack`") from None
+
+    @classmethod
+    def _checked(cls, blob: bytes, source: str) -> PackedModel:
+        if len(blob) < _PREFIX + 2 + CHECKSUM_BYTES:
+            raise _Corrupt(f"{len(blob)} bytes is too short for a packed model (truncated)")
         (n,) = struct.unpack("<I", blob[len(MAGIC):_PREFIX])
-        if len(blob) < _PREFIX + n:
-            raise ValueError("truncated packed model: the header runs past the end of the file")
-        header = json.loads(blob[_PREFIX:_PREFIX + n].decode("utf8"))
-        if header.get("format") != FORMAT:
-            raise ValueError(f"unknown container format {header.get('format')!r}")
-        if header.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"format version {header['format_version']} is newer than this "
-                             f"package reads ({FORMAT_VERSION}); upgrade paper-repro")
-        return cls(header=header, data=blob[_PREFIX + n:])
+        room = len(blob) - _PREFIX - CHECKSUM_BYTES
+        if not 2 <= n <= min(room, MAX_HEADER_BYTES):
+            raise _Corrupt(f"header length {n} does not fit the file ({len(blob)} bytes; "
+                           "truncated or damaged)")
+        body, digest = blob[:-CHECKSUM_BYTES], blob[-CHECKSUM_BYTES:]
+        if hashlib.sha256(body).digest() != digest:
+            raise _Corrupt("SHA-256 checksum mismatch (the file was changed or truncated after "
+                           "it was written)")
+        header = _parse_header(blob[_PREFIX:_PREFIX + n])
+        data = blob[_PREFIX + n:-CHECKSUM_BYTES]
+        _validate(header, len(data), versions=(FORMAT_VERSION,))
+        return cls(header=header, data=data, source=source)
+
+    @classmethod
+    def _legacy(cls, blob: bytes, source: str, allow_unverified: bool) -> PackedModel:
+        if not allow_unverified:
+            raise ValueError(f"{source}: packed model of format 1-2 (no checksum, cannot be "
+                             "verified); re-create it with `paper-repro pack`, or load it with "
+                             "storage.load_packed(..., allow_unverified=True)")
+        try:
+            if len(blob) < _PREFIX + 2:
+                raise _Corrupt(f"{len(blob)} bytes is too short for a packed model (truncated)")
+            (n,) = struct.unpack("<I", blob[len(LEGACY_MAGIC):_PREFIX])
+            if not 2 <= n <= min(len(blob) - _PREFIX, MAX_HEADER_BYTES):
+                raise _Corrupt(f"header length {n} does not fit the file ({len(blob)} bytes; "
+                               "truncated or damaged)")
+            header = _parse_header(blob[_PREFIX:_PREFIX + n])
+            data = blob[_PREFIX + n:]
+            _validate(header, len(data), versions=(1, 2))
+        except _Corrupt as e:
+            raise ValueError(f"{source}: corrupt packed model (format 1-2): {_one_line(e)}") \
+                from None
+        return cls(header=header, data=data, source=source)
 
 
-def pack_tree(params, report: Sequence[Mapping], *, meta: Mapping | None = None,
-              symmetric_codebook: bool = True) -> PackedModel:
-    """Pack a quantized parameter tree.
+def _parse_header(raw: bytes) -> dict:
+    try:
+        header = json.loads(raw.decode("utf8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _Corrupt(f"header is not valid JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(header, dict):
+        raise _Corrupt("header is not a JSON object")
+    return header
 
-    Args:
-      params: the nested dict of arrays that was quantized (the original or the quantized
-        tree: only its non-quantized leaves are read, and the shapes of the others).
-      report: the report of :func:`paper_repro.core.quantize.quantize_tree`; each row's ``codes``
-        and ``quantizer`` are stored for the leaf at its ``path``.
-      meta: JSON-able description stored in the header (model, scheme, options, ...).
-      symmetric_codebook: store only the positive half of a codebook where that is exact.
-    Returns:
-      A :class:`PackedModel`; :func:`unpack_tree` gives back the quantized tree bit for bit.
+
+# --- Header validation --------------------------------------------------------------------------
+
+
+def _get(d, key: str, where: str, types, *, none: bool = False):
+    if not isinstance(d, dict):
+        raise _Corrupt(f"{where} is not a JSON object")
+    if key not in d:
+        raise _Corrupt(f"{where} lacks {key!r}")
+    v = d[key]
+    if v is None and none:
+        return v
+    if isinstance(v, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise _Corrupt(f"{where}: {key!r} is {v!r}, not a {_type_names(types)}")
+    if not isinstance(v, types):
+        raise _Corrupt(f"{where}: {key!r} is {_short(v)}, not a {_type_names(types)}")
+    return v
+
+
+def _type_names(types) -> str:
+    ts = types if isinstance(types, tuple) else (types,)
+    return "/".join(t.__name__ for t in ts)
+
+
+def _short(v) -> str:
+    s = repr(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _int(d, key: str, where: str, lo: int, hi: int | None = None) -> int:
+    v = _get(d, key, where, int)
+    if v < lo or (hi is not None and v > hi):
+        raise _Corrupt(f"{where}: {key}={v} outside {lo}..{hi if hi is not None else ''}")
+    return v
+
+
+def _loc(d, where: str, expect_offset: int, expect_nbytes: int | None) -> int:
+    """Check a blob location against the running offset; returns its end."""
+    o = _int(d, "offset", where, 0)
+    n = _int(d, "nbytes", where, 0)
+    if o != expect_offset:
+        raise _Corrupt(f"{where}: offset {o}, expected {expect_offset} (blobs are back to back)")
+    if expect_nbytes is not None and n != expect_nbytes:
+        raise _Corrupt(f"{where}: {n} bytes, the header's shape and width imply {expect_nbytes}")
+    return o + n
+
+
+def _resolve_dtype(s: str, where: str, versions: Sequence[int]) -> np.dtype:
+    if FORMAT_VERSION in versions:
+        if s not in _DTYPE_NAMES:
+            raise _Corrupt(f"{where}: unknown dtype {_short(s)}")
+        return _dtype_of(s)
+    if s not in _LEGACY_DTYPES:
+        why = " (format 2 stored bfloat16 as raw bytes)" if s == "<V2" else ""
+        raise _Corrupt(f"{where}: unknown dtype {_short(s)}{why}")
+    return np.dtype(s)
+
+
+def _validate(header: dict, data_len: int, *, versions: Sequence[int]) -> None:
+    """Check every field :func:`decode_leaf` will use; raise :class:`_Corrupt` on the first
+    problem. Afterwards every blob lies inside ``data`` and decoding allocates at most what
+    the file's sizes imply."""
+    from paper_repro.core import quantize as Q
+
+    fmt = _get(header, "format", "header", str)
+    if fmt != FORMAT:
+        raise _Corrupt(f"header format {_short(fmt)}, expected {FORMAT!r}")
+    version = _get(header, "format_version", "header", int)
+    if version not in versions:
+        if version > FORMAT_VERSION:
+            raise _Corrupt(f"format version {version} is newer than this package reads "
+                           f"({FORMAT_VERSION}); upgrade paper-repro")
+        raise _Corrupt(f"format version {version} under the magic of format(s) "
+                       f"{'/'.join(map(str, versions))}")
+    _get(header, "package_version", "header", str)
+    _get(header, "meta", "header", dict)
+    leaves = _get(header, "leaves", "header", list)
+    end = 0
+    paths: set[tuple[str, ...]] = set()
+    for i, e in enumerate(leaves):
+        where = f"leaf {i}"
+        keys = _get(e, "keys", where, list)
+        if not keys or not all(isinstance(k, str) for k in keys):
+            raise _Corrupt(f"{where}: keys must be a non-empty list of strings")
+        where = f"leaf {'/'.join(keys)!r}"
+        if tuple(keys) in paths:
+            raise _Corrupt(f"{where} appears twice")
+        paths.add(tuple(keys))
+        kind = _get(e, "kind", where, str)
+        shape = _get(e, "shape", where, list)
+        if len(shape) > MAX_NDIM or not all(isinstance(s, int) and not isinstance(s, bool)
+                                            and s >= 0 for s in shape):
+            raise _Corrupt(f"{where}: shape {_short(shape)} is not a list of at most "
+                           f"{MAX_NDIM} non-negative ints")
+        n = math.prod(shape)
+        dtype = _resolve_dtype(_get(e, "dtype", where, str), where, versions)
+        if kind == "array":
+            end = _loc(e, where, end, n * dtype.itemsize)
+            continue
+        if kind != "quantized":
+            raise _Corrupt(f"{where}: unknown kind {_short(kind)}")
+        if dtype.kind != "f" and dtype.name != "bfloat16":
+            raise _Corrupt(f"{where}: quantized leaf of dtype {dtype}, not a float type")
+        scheme = _get(e, "scheme", where, str)
+        if scheme not in Q.SCHEMES:
+            raise _Corrupt(f"{where}: unknown scheme {_short(scheme)}")
+        bits = _get(e, "bits", where, int)
+        try:
+            Q.check_args(scheme, bits)
+        except ValueError as err:
+            raise _Corrupt(f"{where}: {err}") from None
+        L = _int(e, "n_levels", where, 2, 256)
+        if L != Q.n_levels(scheme, bits):
+            raise _Corrupt(f"{where}: {L} levels, but {scheme} at {bits} bits has "
+                           f"{Q.n_levels(scheme, bits)}")
+        gran = _get(e, "granularity", where, str)
+        if gran == "channel":
+            ax = _int(e, "channel_axis", where, 0, len(shape) - 1)
+            n_books = shape[ax]
+        elif gran == "tensor":
+            if _get(e, "channel_axis", where, int, none=True) is not None:
+                raise _Corrupt(f"{where}: a per-tensor codebook with a channel axis")
+            n_books = 1
+        else:
+            raise _Corrupt(f"{where}: unknown granularity {_short(gran)}")
+        _get(e, "r", where, (int, float), none=True)
+        cb = _get(e, "codebook", where, dict)
+        form = _get(cb, "form", f"{where} codebook", str)
+        if form == "params":
+            if scheme == "lloyd_max":
+                raise _Corrupt(f"{where}: Lloyd-Max levels have no parameter form")
+            want = [n_books, 2 if scheme in _EXPONENTIAL_BOOK else 1]
+        elif form in ("half", "full"):
+            width = L // 2 if form == "half" else L
+            want = [width] if gran == "tensor" else [n_books, width]
+        else:
+            raise _Corrupt(f"{where}: unknown codebook form {_short(form)}")
+        if _get(cb, "shape", f"{where} codebook", list) != want:
+            raise _Corrupt(f"{where}: codebook shape {_short(cb['shape'])}, expected {want}")
+        end = _loc(cb, f"{where} codebook", end, 4 * math.prod(want))
+        codes = _get(e, "codes", where, dict)
+        cw = f"{where} codes"
+        if _get(codes, "bits", cw, int) != code_bits(L):
+            raise _Corrupt(f"{cw}: {codes['bits']} bits a code for {L} levels "
+                           f"(expected {code_bits(L)})")
+        coding = "fixed" if FORMAT_VERSION not in versions else _get(codes, "coding", cw, str)
+        if coding == "fixed":
+            end = _loc(codes, cw, end, packed_size(n, code_bits(L)))
+        elif coding == "ans":
+            end = _loc(_get(codes, "model", cw, dict), f"{cw} model", end,
+                       L * entropy.MODEL_DTYPE.itemsize)
+            end = _loc(codes, cw, end, None)
+            if codes["nbytes"] % entropy.WORD_DTYPE.itemsize:
+                raise _Corrupt(f"{cw}: entropy-coded stream of {codes['nbytes']} bytes is not "
+                               "whole 32-bit words")
+        else:
+            raise _Corrupt(f"{cw}: unknown coding {_short(coding)}")
+    if end != data_len:
+        raise _Corrupt(f"data section has {data_len} bytes, the header accounts for {end}")
+    for p in paths:  # a leaf cannot also be a folder of other leaves
+        for k in range(1, len(p)):
+            if p[:k] in paths:
+                raise _Corrupt(f"leaf {'/'.join(p[:k])!r} is also a prefix of "
+                               f"{'/'.join(p)!r}")
+
+
+# --- Writing ------------------------------------------------------------------------------------
+
+
+def _layout(params, report: Sequence[Mapping], *, meta, symmetric_codebook: bool, coding: str,
+            write: bool) -> tuple[dict, list[bytes], int]:
+    """The header of the packed file and its data blobs (``write``) or only their sizes.
+
+    Returns ``(header, chunks, data_nbytes)``; ``chunks`` is empty unless ``write``. The sizes
+    come from :func:`codebook_nbytes` / :func:`codes_nbytes` when not writing, from the bytes
+    themselves when writing (:func:`packed_nbytes` vs :func:`pack_tree`).
     """
+    from paper_repro.core import quantize as Q
+
+    if coding not in CODINGS:
+        raise ValueError(f"unknown coding {coding!r}; choose one of {', '.join(CODINGS)}")
     items = _walk(params)
     paths = ["/".join(k) for k, _ in items]
     if len(set(paths)) != len(paths):
@@ -311,31 +682,39 @@ def pack_tree(params, report: Sequence[Mapping], *, meta: Mapping | None = None,
     chunks: list[bytes] = []
     offset = 0
 
-    def put(b: bytes) -> dict:
+    def put(payload, nbytes: int) -> dict:
         nonlocal offset
-        chunks.append(b)
-        loc = {"offset": offset, "nbytes": len(b)}
-        offset += len(b)
+        if write:
+            b = payload() if callable(payload) else payload
+            if len(b) != nbytes:  # the size functions must describe the bytes written
+                raise AssertionError(f"wrote {len(b)} bytes where the accounting says {nbytes}")
+            chunks.append(b)
+        loc = {"offset": offset, "nbytes": nbytes}
+        offset += nbytes
         return loc
 
     leaves = []
     for (keys, leaf), path in zip(items, paths, strict=True):
         arr = np.asarray(leaf)
+        if arr.ndim > MAX_NDIM:
+            raise ValueError(f"leaf {path!r} has {arr.ndim} dimensions; at most {MAX_NDIM}")
         if path not in rows:
-            arr = np.ascontiguousarray(arr)
-            if arr.dtype.kind not in "biufc":
-                raise ValueError(f"leaf {path!r} has dtype {arr.dtype}; only numeric arrays "
-                                 "can be stored")
+            name = _dtype_name(arr.dtype)
+            stored = np.ascontiguousarray(arr, dtype=_dtype_of(name))
             leaves.append({"keys": list(keys), "kind": "array", "shape": list(arr.shape),
-                           "dtype": arr.dtype.str, **put(arr.tobytes())})
+                           "dtype": name, **put(stored.tobytes, stored.nbytes)})
             continue
         row = rows[path]
         q = row["quantizer"]
         codes = np.asarray(row["codes"])
         if codes.shape != arr.shape:
             raise ValueError(f"codes of {path!r} have shape {codes.shape}, the leaf {arr.shape}")
-        levels = np.ascontiguousarray(np.asarray(q.levels, np.float32))
+        levels = _levels_of(q)
         L = levels.shape[-1]
+        if q.scheme not in Q.SCHEMES or L != Q.n_levels(q.scheme, q.bits):
+            raise ValueError(f"{path!r}: a {q.scheme!r} quantizer at {q.bits} bits with {L} "
+                             "levels cannot be stored (the format holds the schemes of "
+                             "quantize.SCHEMES with their level counts)")
         if q.granularity == "channel":
             ax = q.channel_axis % arr.ndim
             if levels.shape != (arr.shape[ax], L):
@@ -343,51 +722,122 @@ def pack_tree(params, report: Sequence[Mapping], *, meta: Mapping | None = None,
                                  f"({arr.shape[ax]}, {L}) for channel axis {ax}")
         else:
             ax = None
-        b = code_bits(L)
-        if b > 8:
-            raise ValueError(f"{path!r} has {L} levels; packed storage holds at most 256")
+        if codes.size and (codes.min() < 0 or codes.max() >= L):
+            raise ValueError(f"codes of {path!r} lie in {codes.min()}..{codes.max()}, outside "
+                             f"its {L} levels")
+        dtype = np.dtype(jax.dtypes.canonicalize_dtype(arr.dtype))  # quantize_tree's dtype
+        dname = _dtype_name(dtype)
+        if dname not in _FLOAT_NAMES:
+            raise ValueError(f"quantized leaf {path!r} has dtype {dtype}; a float type is needed")
         form, book = _codebook(levels, symmetric=symmetric_codebook,
                                q=q if symmetric_codebook else None)
-        dtype = np.dtype(jax.dtypes.canonicalize_dtype(arr.dtype))  # quantize_tree's dtype
+        b = code_bits(L)
+        codebook = {"form": form, "shape": list(book.shape),
+                    **put(book.tobytes, codebook_nbytes(q, symmetric=symmetric_codebook))}
+        if coding == "fixed":
+            code = {"bits": b, "coding": "fixed",
+                    **put(lambda c=codes, b=b: pack_codes(c, b).tobytes(),
+                          codes_nbytes(codes.size, L))}
+        else:
+            w = entropy.model_weights(codes, L)
+            stream = entropy.encode(codes, w)
+            model = put(w.tobytes(), w.nbytes)
+            code = {"bits": b, "coding": "ans", **put(stream, len(stream)), "model": model}
+            if not write and w.nbytes + len(stream) != codes_nbytes(codes.size, L, codes=codes,
+                                                                    coding="ans"):
+                raise AssertionError("entropy-coded size disagrees with codes_nbytes")
         leaves.append({
             "keys": list(keys), "kind": "quantized", "shape": list(arr.shape),
-            "dtype": dtype.str, "scheme": q.scheme, "bits": int(q.bits), "n_levels": int(L),
+            "dtype": dname, "scheme": q.scheme, "bits": int(q.bits), "n_levels": int(L),
             "granularity": q.granularity, "channel_axis": ax,
             "r": float(row["r"]) if "r" in row else None,
-            "codebook": {"form": form, "shape": list(book.shape), **put(book.tobytes())},
-            "codes": {"bits": b, **put(pack_codes(codes, b).tobytes())},
+            "codebook": codebook, "codes": code,
         })
     header = {"format": FORMAT, "format_version": FORMAT_VERSION,
               "package_version": __version__, "meta": dict(meta or {}), "leaves": leaves}
-    return PackedModel(header=header, data=b"".join(chunks))
+    return header, chunks, offset
+
+
+def pack_tree(params, report: Sequence[Mapping], *, meta: Mapping | None = None,
+              symmetric_codebook: bool = True, coding: str = "fixed") -> PackedModel:
+    """Pack a quantized parameter tree.
+
+    Args:
+      params: the nested dict of arrays that was quantized (the original or the quantized
+        tree: only its non-quantized leaves are read, and the shapes and dtypes of the others).
+      report: the report of :func:`paper_repro.core.quantize.quantize_tree`; each row's ``codes``
+        and ``quantizer`` are stored for the leaf at its ``path``.
+      meta: JSON-able description stored in the header (model, scheme, options, ...).
+      symmetric_codebook: store codebooks as parameters / positive halves where that is exact
+        (``False``: every level).
+      coding: ``"fixed"`` (bit-packed codes) or ``"ans"`` (entropy-coded codes).
+    Returns:
+      A :class:`PackedModel`; :func:`unpack_tree` gives back the quantized tree bit for bit.
+    """
+    header, chunks, n = _layout(params, report, meta=meta, symmetric_codebook=symmetric_codebook,
+                                coding=coding, write=True)
+    data = b"".join(chunks)
+    assert len(data) == n
+    return PackedModel(header=header, data=data)
+
+
+def packed_nbytes(params, report: Sequence[Mapping], *, meta: Mapping | None = None,
+                  symmetric_codebook: bool = True, coding: str = "fixed") -> dict:
+    """The :func:`sizes` accounting of the file :func:`pack_tree` would write, from the size
+    functions (:func:`codebook_nbytes`, :func:`codes_nbytes`) and the header it would carry;
+    no codes are bit-packed and no file is written (entropy coding still runs the encoder)."""
+    header, _, n = _layout(params, report, meta=meta, symmetric_codebook=symmetric_codebook,
+                           coding=coding, write=False)
+    return _accounting(header, n)
+
+
+# --- Reading ------------------------------------------------------------------------------------
 
 
 def _blob(data: bytes, loc: Mapping) -> bytes:
     o, n = int(loc["offset"]), int(loc["nbytes"])
-    if o + n > len(data):
-        raise ValueError("truncated packed model: a blob runs past the end of the file")
+    if o < 0 or n < 0 or o + n > len(data):  # validated on load; kept for hand-made headers
+        raise ValueError("a blob lies outside the data section (truncated or damaged file)")
     return data[o:o + n]
 
 
-def decode_leaf(packed: PackedModel, entry: Mapping) -> np.ndarray:
-    """The array of one header ``entry`` (dequantized for quantized leaves)."""
+def _codes_of(packed: PackedModel, entry: Mapping) -> np.ndarray:
+    """``(n,) uint8`` codes of a quantized header entry, checked against its codebook size."""
+    n = math.prod(entry["shape"])
+    L = int(entry["n_levels"])
+    c = entry["codes"]
+    if c.get("coding", "fixed") == "ans":
+        w = np.frombuffer(_blob(packed.data, c["model"]), entropy.MODEL_DTYPE).astype(np.uint16)
+        entropy.check_model(w, L)
+        codes = entropy.decode(_blob(packed.data, c), w, n)
+    else:
+        buf = _blob(packed.data, c)
+        codes = unpack_codes(buf, c["bits"], n)
+        spare = (8 - n * c["bits"] % 8) % 8
+        if spare and buf[-1] >> (8 - spare):
+            raise ValueError("the padding bits after the last code are not zero")
+    if n and int(codes.max()) >= L:
+        raise ValueError(f"code {int(codes.max())} outside the {L}-level codebook")
+    return codes
+
+
+def _decode(packed: PackedModel, entry: Mapping) -> np.ndarray:
     shape = tuple(entry["shape"])
-    dtype = np.dtype(entry["dtype"])
+    name = entry["dtype"]
+    dtype = _dtype_of(name) if name in _DTYPE_NAMES else np.dtype(name)
     if entry["kind"] == "array":
         return np.frombuffer(_blob(packed.data, entry), dtype).reshape(shape).copy()
     cb = entry["codebook"]
-    book = np.frombuffer(_blob(packed.data, cb), np.float32).reshape(cb["shape"])
+    book = np.frombuffer(_blob(packed.data, cb), "<f4").astype(np.float32).reshape(cb["shape"])
     L = int(entry["n_levels"])
     if cb["form"] == "params":
         levels = _from_params(book, entry["scheme"], int(entry["bits"]), L)
         levels = levels[0] if entry["granularity"] != "channel" else levels
     else:
         levels = _full_from_half(book, L) if cb["form"] == "half" else book
-    n = math.prod(shape)
-    codes = unpack_codes(_blob(packed.data, entry["codes"]), entry["codes"]["bits"], n)
-    if n and codes.max() >= L:
-        raise ValueError(f"corrupt codes at {'/'.join(entry['keys'])}: {codes.max()} >= {L}")
-    codes = codes.reshape(shape).astype(np.intp)
+    if not np.isfinite(levels).all():
+        raise ValueError("the codebook holds non-finite levels")
+    codes = _codes_of(packed, entry).reshape(shape).astype(np.intp)
     if entry["granularity"] == "channel":
         ax = int(entry["channel_axis"])
         moved = np.moveaxis(codes, ax, 0)
@@ -397,6 +847,16 @@ def decode_leaf(packed: PackedModel, entry: Mapping) -> np.ndarray:
     else:
         w = levels[codes]
     return np.ascontiguousarray(w.astype(dtype))
+
+
+def decode_leaf(packed: PackedModel, entry: Mapping) -> np.ndarray:
+    """The array of one header ``entry`` (dequantized for quantized leaves); a one-line
+    ``ValueError`` naming the file and leaf if its payload does not decode."""
+    try:
+        return _decode(packed, entry)
+    except ValueError as e:
+        raise ValueError(f"{packed.source}: corrupt packed model at "
+                         f"{'/'.join(entry['keys'])}: {_one_line(e)}") from None
 
 
 def unpack_tree(packed: PackedModel) -> dict:
@@ -414,7 +874,8 @@ def _meta(packed: PackedModel) -> dict:
 
 
 def save_packed(path: str | os.PathLike, params, report: Sequence[Mapping] | None = None, *,
-                meta: Mapping | None = None, symmetric_codebook: bool = True) -> dict:
+                meta: Mapping | None = None, symmetric_codebook: bool = True,
+                coding: str = "fixed") -> dict:
     """Write a packed model file and return its :func:`sizes` (``packed_bytes`` = file size).
 
     ``params`` is a :class:`PackedModel`, or a tree packed with ``report`` (see
@@ -422,7 +883,7 @@ def save_packed(path: str | os.PathLike, params, report: Sequence[Mapping] | Non
     """
     packed = params if isinstance(params, PackedModel) else pack_tree(
         params, report if report is not None else [], meta=meta,
-        symmetric_codebook=symmetric_codebook)
+        symmetric_codebook=symmetric_codebook, coding=coding)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -443,49 +904,77 @@ def save_packed(path: str | os.PathLike, params, report: Sequence[Mapping] | Non
 
 
 def is_packed(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a packed model (starts with the magic bytes)."""
+    """Whether ``path`` starts with a packed model's magic bytes (any format version)."""
     try:
         with open(path, "rb") as f:
-            return f.read(len(MAGIC)) == MAGIC
+            return f.read(len(MAGIC)) in (MAGIC, LEGACY_MAGIC)
     except OSError:
         return False
 
 
-def read_packed(path: str | os.PathLike) -> PackedModel:
-    """Read a packed model file without decoding it (for inspection)."""
+def weights_kind(path: str | os.PathLike) -> str:
+    """What a weight file is, by content: ``"packed"`` (a ``.prq`` model) or ``"hdf5"`` (a
+    Keras ``.h5``: the HDF5 signature at byte 0 or a user-block offset 512, 1024, ...).
+
+    ``FileNotFoundError`` if absent; a one-line ``ValueError`` for anything else (empty,
+    damaged magic, another format).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weight file at {path}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC))
+        if head in (MAGIC, LEGACY_MAGIC):
+            return "packed"
+        if head == HDF5_MAGIC:
+            return "hdf5"
+        off = 512
+        while off + len(HDF5_MAGIC) <= size:
+            f.seek(off)
+            if f.read(len(HDF5_MAGIC)) == HDF5_MAGIC:
+                return "hdf5"
+            off *= 2
+    if size == 0:
+        raise ValueError(f"{path}: empty file; expected a packed model (.prq) or a Keras .h5 "
+                         "weight file")
+    close = max(sum(a == b for a, b in zip(head, m, strict=False)) for m in (MAGIC, LEGACY_MAGIC))
+    if close >= len(MAGIC) - 2:
+        raise ValueError(f"{path}: damaged packed model (bad magic bytes {head!r}); re-create "
+                         "it with `paper-repro pack`")
+    raise ValueError(f"{path}: neither a packed model (.prq) nor an HDF5 (.h5) weight file "
+                     f"(starts with {head!r})")
+
+
+def read_packed(path: str | os.PathLike, *, allow_unverified: bool = False) -> PackedModel:
+    """Read and check a packed model file without decoding it (see :meth:`PackedModel.from_bytes`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no packed model at {path}")
-    return PackedModel.from_bytes(path.read_bytes())
+    return PackedModel.from_bytes(path.read_bytes(), source=str(path),
+                                  allow_unverified=allow_unverified)
 
 
-def load_packed(path: str | os.PathLike) -> tuple[dict, dict]:
+def load_packed(path: str | os.PathLike, *, allow_unverified: bool = False) -> tuple[dict, dict]:
     """Load a packed model: ``(params, meta)``.
 
     ``params``: ``{layer: {var: array}}`` (the tree that was packed), quantized leaves
     dequantized bit for bit as :func:`~paper_repro.core.quantize.quantize_tree` returned them, the
     others exactly as stored; ready for ``models.apply(spec, params, x)``. ``meta``: the header's
     ``meta`` (model, alpha, scheme, ...) plus ``format_version`` and ``package_version``.
+    Every check of :meth:`PackedModel.from_bytes` runs first; a damaged file raises a one-line
+    ``ValueError``. ``allow_unverified``: also load format 1-2 files (no checksum).
     """
-    packed = read_packed(path)
+    packed = read_packed(path, allow_unverified=allow_unverified)
     return unpack_tree(packed), _meta(packed)
 
 
 # --- Accounting ---------------------------------------------------------------------------------
 
 
-def sizes(packed: PackedModel) -> dict:
-    """Byte accounting of a packed model (all ints except the ratios).
-
-    ``n_params``, ``n_quantized``, ``float_bytes`` (4 x n_params), ``codes_bytes``,
-    ``codebook_bytes``, ``codebooks`` (count: 1 per tensor, C per channel-wise leaf),
-    ``float_kept_bytes``, ``header_bytes`` (magic + length + JSON),
-    ``packed_bytes`` (their sum = the file size), ``ratio`` (float / packed),
-    ``bits_per_param`` (8 packed_bytes / n_params), ``ideal_ratio`` (32 / mean code bits of the
-    quantized weights: what the codes alone would give if everything were quantized).
-    """
-    codes = book = kept = n = nq = code_bits_total = rows = 0
-    for e in packed.header["leaves"]:
+def _accounting(header: Mapping, data_nbytes: int) -> dict:
+    codes = book = kept = model = n = nq = code_bits_total = rows = n_ans = 0
+    for e in header["leaves"]:
         size = math.prod(e["shape"])
         n += size
         if e["kind"] == "array":
@@ -493,20 +982,46 @@ def sizes(packed: PackedModel) -> dict:
         else:
             nq += size
             codes += e["codes"]["nbytes"]
+            if "model" in e["codes"]:
+                model += e["codes"]["model"]["nbytes"]
+                n_ans += 1
             book += e["codebook"]["nbytes"]
-            rows += math.prod(e["codebook"]["shape"][:-1])
+            rows += 1 if e["granularity"] != "channel" else e["shape"][e["channel_axis"]]
             code_bits_total += size * e["codes"]["bits"]
-    head = _PREFIX + len(packed.header_bytes())
+    codes += model
+    head = (_PREFIX + len(json.dumps(header, separators=(",", ":")).encode("utf8"))
+            + (CHECKSUM_BYTES if header["format_version"] >= 3 else 0))
     total = codes + book + kept + head
-    assert total == len(packed.to_bytes())
+    if total != head + data_nbytes:
+        raise AssertionError(f"accounting {total} != file {head + data_nbytes}")
     fb = FLOAT_BYTES_PER_PARAM * n
     return {
         "n_params": n, "n_quantized": nq, "float_bytes": fb, "packed_bytes": total,
-        "codes_bytes": codes, "codebook_bytes": book, "codebooks": rows, "float_kept_bytes": kept,
+        "codes_bytes": codes, "code_model_bytes": model, "entropy_coded_leaves": n_ans,
+        "codebook_bytes": book, "codebooks": rows, "float_kept_bytes": kept,
         "header_bytes": head, "ratio": fb / total if total else float("nan"),
         "bits_per_param": 8 * total / n if n else float("nan"),
+        "code_bits_per_weight": 8 * codes / nq if nq else float("nan"),
         "ideal_ratio": 32 * nq / code_bits_total if code_bits_total else float("nan"),
     }
+
+
+def sizes(packed: PackedModel) -> dict:
+    """Byte accounting of a packed model (all ints except the ratios).
+
+    ``n_params``, ``n_quantized``, ``float_bytes`` (4 x n_params), ``codes_bytes`` (bit-packed
+    codes, or entropy-coded streams plus their models), ``code_model_bytes`` (those models),
+    ``entropy_coded_leaves``, ``codebook_bytes``, ``codebooks`` (count: 1 per tensor, C per
+    channel-wise leaf), ``float_kept_bytes``, ``header_bytes`` (magic + length + JSON +
+    checksum), ``packed_bytes`` (their sum = the file size), ``ratio`` (float / packed),
+    ``bits_per_param`` (8 packed_bytes / n_params), ``code_bits_per_weight`` (8 codes_bytes /
+    n_quantized), ``ideal_ratio`` (32 / mean fixed code bits of the quantized weights: what
+    bit-packed codes alone would give if everything were quantized).
+    """
+    out = _accounting(packed.header, len(packed.data))
+    if packed.header["format_version"] >= 3:
+        assert out["packed_bytes"] == packed.file_nbytes()
+    return out
 
 
 def zlib_bytes(packed: PackedModel, *, level: int = 9) -> int:
@@ -516,16 +1031,13 @@ def zlib_bytes(packed: PackedModel, *, level: int = 9) -> int:
 
 def code_entropy_bits(packed: PackedModel) -> float:
     """Mean empirical entropy of the codes, bits per quantized weight (an entropy coder's
-    bound, per leaf histogram), against the fixed ``b`` bits the container spends."""
+    bound, per leaf histogram), against the ``b`` bits bit-packed codes spend."""
     total = nbits = 0.0
     for e in packed.header["leaves"]:
         if e["kind"] != "quantized":
             continue
         n = math.prod(e["shape"])
-        c = unpack_codes(_blob(packed.data, e["codes"]), e["codes"]["bits"], n)
-        p = np.bincount(c, minlength=e["n_levels"]) / max(n, 1)
-        p = p[p > 0]
-        nbits += n * float(-(p * np.log2(p)).sum())
+        nbits += n * entropy.entropy_bits(_codes_of(packed, e), e["n_levels"])
         total += n
     return nbits / total if total else float("nan")
 
@@ -534,12 +1046,16 @@ def describe(packed: PackedModel) -> dict:
     """Header meta, sizes and a per-leaf summary (no arrays): what ``paper-repro unpack`` prints."""
     rows = []
     for e in packed.header["leaves"]:
+        name = e["dtype"]
         row = {"path": "/".join(e["keys"]), "kind": e["kind"], "shape": e["shape"],
-               "dtype": np.dtype(e["dtype"]).name}
+               "dtype": name if name in _DTYPE_NAMES else np.dtype(name).name}
         if e["kind"] == "quantized":
             row.update(scheme=e["scheme"], bits=e["bits"], n_levels=e["n_levels"],
                        granularity=e["granularity"], channel_axis=e["channel_axis"], r=e["r"],
-                       codebook=e["codebook"]["form"], codes_bytes=e["codes"]["nbytes"],
+                       codebook=e["codebook"]["form"],
+                       coding=e["codes"].get("coding", "fixed"),
+                       codes_bytes=e["codes"]["nbytes"] + e["codes"].get(
+                           "model", {"nbytes": 0})["nbytes"],
                        codebook_bytes=e["codebook"]["nbytes"])
         else:
             row["bytes"] = e["nbytes"]
@@ -632,8 +1148,8 @@ def storage_rows(config: Mapping, params=None) -> list[dict]:
     (``exact``). Rows: the :func:`sizes` fields plus scheme, granularity, bits, ``mean_r``
     (size-weighted correlation of the quantized kernels), ``code_entropy_bits``,
     ``zlib_bytes`` / ``zlib_ratio`` (compression on top, reported apart),
-    ``ratio_parametric_codebook`` (an estimate, not a file: each codebook stored as its three
-    float32 parameters ``c, a, gain`` instead of its levels), seconds.
+    ``ratio_parametric_codebook`` (kept for older tables: the file's own ``ratio``, since the
+    packed format stores each parametric codebook as its parameters), seconds.
     """
     from paper_repro.core import quantize
 
@@ -665,8 +1181,8 @@ def storage_rows(config: Mapping, params=None) -> list[dict]:
                         "mean_r": sum(r["r"] * r["size"] for r in report) / n_q,
                         "code_entropy_bits": code_entropy_bits(packed),
                         "zlib_bytes": z, "zlib_ratio": s["float_bytes"] / z,
-                        "ratio_parametric_codebook": s["float_bytes"] / (
-                            s["packed_bytes"] - s["codebook_bytes"] + 12 * s["codebooks"]),
+                        # the file already stores parametric codebooks as their parameters
+                        "ratio_parametric_codebook": s["ratio"],
                         "seconds": round(time.perf_counter() - t0, 2),
                     })
                     f.unlink()
