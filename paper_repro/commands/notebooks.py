@@ -1,8 +1,10 @@
-"""``paper-repro notebooks``: execute the notebooks, which regenerate every figure in results/.
+"""paper-repro notebooks: execute the lessons and keep their executed copies.
 
-Each notebook is thin (configure -> compute through paper_repro -> plot -> save). Executed
-copies with outputs go to ``results/notebooks/``. ``--smoke`` shrinks every config
-(``PAPER_REPRO_SMOKE=1``); figures land in ``$PAPER_REPRO_RESULTS`` when that is set.
+Each notebook teaches one topic around the declared experiments it runs (the same ones
+`paper-repro figures` runs), so at full size it reuses results/ and finishes in seconds.
+Executed copies, with their figures inline, go to results/notebooks/ and are rewritten only
+when their content changes (no timings, no progress bars, no widget state kept). --smoke
+shrinks every config (PAPER_REPRO_SMOKE=1) and writes the copies to build/smoke-notebooks/.
 """
 
 from __future__ import annotations
@@ -31,21 +33,40 @@ def execute(name: str, *, smoke: bool, timeout: int = 3600, out_dir: Path | None
     if not path.exists():
         raise FileNotFoundError(f"no notebook {path}; available: {', '.join(available())}")
     nb = nbformat.read(path, as_version=4)
-    old = os.environ.get("PAPER_REPRO_SMOKE")
+    saved = {k: os.environ.get(k) for k in ("PAPER_REPRO_SMOKE", "TQDM_DISABLE", "MPLBACKEND")}
     os.environ["PAPER_REPRO_SMOKE"] = "1" if smoke else "0"
+    os.environ["TQDM_DISABLE"] = "1"  # progress bars are for people, not for stored copies
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                        resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
     finally:
-        if old is None:
-            os.environ.pop("PAPER_REPRO_SMOKE", None)
-        else:
-            os.environ["PAPER_REPRO_SMOKE"] = old
-    out_dir = out_dir or results.results_dir("notebooks")
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    clean(nb)
+    if out_dir is None:
+        out_dir = (results.ROOT / "build" / "smoke-notebooks") if smoke else \
+            results.results_dir("notebooks")
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{name}.ipynb"
-    nbformat.write(nb, out)
+    results.write_if_changed(out, nbformat.writes(nb) + "\n")
     return out
+
+
+def clean(nb) -> None:
+    """Drop what differs between runs of the same notebook: stderr streams (progress,
+    warnings), widget state, execution timing and kernel metadata."""
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        if cell.cell_type != "code":
+            continue
+        cell.outputs = [o for o in cell.outputs
+                        if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
+                        and "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

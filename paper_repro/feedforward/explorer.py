@@ -425,13 +425,11 @@ def explore(model: Model, config: Mapping[str, Any]) -> dict[str, np.ndarray]:
 # --- Does correlation predict accuracy? ---------------------------------------------------------
 
 
-def sweep_rows(path: str | os.PathLike) -> list[dict]:
-    """Quantized rows of a sweep CSV (:class:`paper_repro.results.ResultsTable`) that carry a
-    top-1 drop and the correlation summaries; repaired (bias-corrected...) rows left out."""
-    from paper_repro.results import ResultsTable
-
+def sweep_rows_from(rows: Sequence[dict]) -> list[dict]:
+    """The quantized rows of a sweep that carry a top-1 drop and the correlation summaries;
+    repaired (bias-corrected, mean-preserving, mixed-width...) rows left out."""
     out = []
-    for r in ResultsTable(path).rows():
+    for r in rows:
         if r.get("scheme") in (None, "") or "top1_drop" not in r or "noise_sum" not in r:
             continue
         if any(r.get(k) for k in ("bias_correction", "mean_preserving", "fold_bn", "equalize")):
@@ -440,6 +438,13 @@ def sweep_rows(path: str | os.PathLike) -> list[dict]:
             continue
         out.append(r)
     return out
+
+
+def sweep_rows(path: str | os.PathLike) -> list[dict]:
+    """:func:`sweep_rows_from` of a sweep CSV (:class:`paper_repro.results.ResultsTable`)."""
+    from paper_repro.results import ResultsTable
+
+    return sweep_rows_from(ResultsTable(path).rows())
 
 
 IMAGENET_SWEEP = Path("imagenet") / "mobilenet_0.75_val1300" / "sweep.csv"
