@@ -1,25 +1,29 @@
 # paper-repro: `make repro` (set up + every figure the data on hand allows), `make test`.
-# Real data is optional; point the project at it with these variables (or the same names in
-# the environment):
-#   IMAGENET_DIR      ImageNet validation: class subfolders, or a flat folder + IMAGENET_LABELS
+# Real data is optional: `make data` downloads the small real sample (1300 ImageNet validation
+# images, MobileNet 0.75 and ShuffleNetV2 weights; checksummed) into ~/.cache/paper-repro/data,
+# where every command finds it. Variables (or the same names in the environment):
+#   PAPER_REPRO_DATA  where `make data` puts the sample and where it is looked for
+#   PAPER_REPRO_SHARED_DATA  another folder with the same layout (takes precedence)
+#   IMAGENET_DIR      full ImageNet validation: class subfolders, or flat + IMAGENET_LABELS
 #   IMAGENET_LABELS   ground-truth file "<file> <class index>" for a flat folder
-#   WEIGHTS_DIR       folder with the official Keras .h5 weight files
-#   PAPER_REPRO_SHARED_DATA  a folder laid out like the project's small real-data sample
-#                     (imagenet-val-1300/ + keras-weights/), used by tests and the demo sweep
+#   WEIGHTS_DIR       folder with the official Keras .h5 weight files (paper models)
 
 PYTHON ?= python3
-export IMAGENET_DIR IMAGENET_LABELS WEIGHTS_DIR PAPER_REPRO_SHARED_DATA
+export IMAGENET_DIR IMAGENET_LABELS WEIGHTS_DIR PAPER_REPRO_SHARED_DATA PAPER_REPRO_DATA
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup repro figures imagenet test lab bench clean help
+.PHONY: setup repro figures notebooks book data imagenet test lab bench clean help
 
 help:
-	@echo "make repro    set up, then regenerate every figure the data on hand allows"
+	@echo "make repro    set up, then every figure and executed notebook the data on hand allows"
 	@echo "make test     set up, then run the tests and every notebook at smoke size"
-	@echo "make figures  execute all notebooks at full size (results/)"
-	@echo "make imagenet the ImageNet act on the configured data (IMAGENET_DIR, WEIGHTS_DIR)"
+	@echo "make figures  run every declared experiment (reuses results/ when up to date)"
+	@echo "make notebooks execute the notebooks into results/notebooks/ (with their figures)"
+	@echo "make book     build the offline HTML book (docs + executed notebooks) in build/book/"
+	@echo "make data     download the small real-data sample and weights (checksummed)"
+	@echo "make imagenet the paper models on full ImageNet (IMAGENET_DIR, WEIGHTS_DIR)"
 	@echo "make lab      JupyterLab on notebooks/"
 	@echo "make bench    speed benchmarks (ratios against a baseline in the same run)"
 	@echo "make clean    remove the environment and caches (results/ is kept)"
@@ -34,19 +38,28 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $(STAMP)
 
-repro: setup figures imagenet
+repro: setup figures notebooks
 
 figures: setup
+	$(BIN)/paper-repro figures
+
+notebooks: setup
 	$(BIN)/paper-repro notebooks
 
+book: setup
+	$(BIN)/paper-repro book
+
+data: setup
+	$(BIN)/paper-repro data fetch all
+
 imagenet: setup
-	$(BIN)/paper-repro imagenet-repro
+	$(BIN)/paper-repro imagenet-repro --skip-digits
 
 test: setup
 	$(BIN)/python -m pytest -q tests
 
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) notebooks/
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -1,17 +1,14 @@
-"""``paper-repro imagenet-repro``: the feedforward act on whatever data is configured.
+"""paper-repro imagenet-repro: the papers' models on your full ImageNet validation set.
 
-Always: the embedded digits CNN (no download) through the full sweep -> ``results/digits/``.
-Then, where present:
+The sweeps on the embedded digits CNN and on MobileNet 0.75 with the 1300-image sample are
+declared experiments: `paper-repro figures digits imagenet`. This command runs the same sweep
+for the five paper models (VGG16, ResNet50, Xception, InceptionV3, MobileNetV2) on data you
+configure: IMAGENET_DIR (class subfolders, or a flat folder with IMAGENET_LABELS) and
+WEIGHTS_DIR (the official Keras .h5 files, as `paper-repro weights fetch` names them), one
+sweep per model whose weights are there, in results/imagenet/<model>/.
 
-- ``PAPER_REPRO_SHARED_DATA``: a folder with ``imagenet-val-1300/`` (1300 real validation
-  images + labels) and ``keras-weights/mobilenet_7_5_224_tf.h5`` -> MobileNet 0.75 sweep in
-  ``results/imagenet/mobilenet_0.75_val1300/``.
-- ``IMAGENET_DIR`` (class subfolders, or flat with ``IMAGENET_LABELS``) and ``WEIGHTS_DIR``
-  (official Keras .h5 files, as ``paper-repro weights fetch`` names them) -> one sweep per
-  paper model whose weights are there, in ``results/imagenet/<model>/``.
-
-Each sweep appends finished configurations to ``sweep.csv`` and skips them when rerun, so an
-interrupted run resumes. Without data it says how to get it and goes on.
+Each sweep appends finished configurations to sweep.csv and skips them when rerun, so an
+interrupted run resumes. Without data it says how to get it and stops.
 """
 
 from __future__ import annotations
@@ -32,16 +29,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first K images only")
     p.add_argument("--per-class", type=int, default=None, help="K images per class only")
     p.add_argument("--smoke", action="store_true", help="a few configurations, 100 images")
-    p.add_argument("--skip-digits", action="store_true")
+    p.add_argument("--skip-digits", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def run(args) -> int:
-    from paper_repro.feedforward import sweep as E
     from paper_repro.experiments.sweeps import sweep_to_results
+    from paper_repro.feedforward import sweep as E
 
-    progress = not args.no_progress
     bits = [3, 5] if args.smoke else args.bits
     grid = dict(bits=bits)
     if args.smoke:
@@ -50,27 +46,7 @@ def run(args) -> int:
     configs = E.sweep_configs(**grid)
     limit = 100 if args.smoke and args.limit is None else args.limit
     sfx = "_smoke" if args.smoke else ""
-
-    if not args.skip_digits:
-        print("== digits CNN (embedded, no download)")
-        sweep_to_results(E.digits_task(), configs, f"digits{sfx}", progress=progress,
-                         title="digits CNN (sklearn, held-out 449)")
-
-    shared = os.environ.get("PAPER_REPRO_SHARED_DATA")
-    if shared and (Path(shared) / "imagenet-val-1300").is_dir():
-        root = Path(shared)
-        print("== MobileNet 0.75 on the 1300-image real validation sample")
-        task = E.imagenet_task("mobilenet", alpha=0.75,
-                               weights=root / "keras-weights" / "mobilenet_7_5_224_tf.h5",
-                               data=root / "imagenet-val-1300" / "images",
-                               labels=root / "imagenet-val-1300" / "labels.txt",
-                               policy="crop", progress=progress)
-        sweep_to_results(task, configs, f"imagenet/mobilenet_0.75_val1300{sfx}", limit=limit,
-                         per_class=args.per_class, progress=progress,
-                         title="MobileNet 0.75, 1300 real val images")
-    else:
-        print("PAPER_REPRO_SHARED_DATA not set (or without imagenet-val-1300/): skipping the "
-              "1300-image MobileNet demonstration.")
+    progress = not args.no_progress
 
     imagenet_dir, weights_dir = os.environ.get("IMAGENET_DIR"), os.environ.get("WEIGHTS_DIR")
     if not imagenet_dir or not weights_dir:

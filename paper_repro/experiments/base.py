@@ -43,7 +43,7 @@ class Experiment:
     name: str
     title: str
     config: Callable[[bool], dict]
-    compute: Callable[[dict, "Context"], Mapping[str, Any]]
+    compute: Callable[[dict, Context], Mapping[str, Any]]
     plots: Mapping[str, Plot] = dataclasses.field(default_factory=dict)
     tables: Mapping[str, Table] = dataclasses.field(default_factory=dict)
     inputs: tuple[str, ...] = ()

@@ -19,7 +19,6 @@ Figures (``results/hopfield/<figure>/``):
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Mapping
@@ -30,10 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from paper_repro.hopfield import network as hf
-from paper_repro.hopfield import theory as ht
 from paper_repro import results
 from paper_repro.experiments.base import Experiment, register
+from paper_repro.hopfield import network as hf
+from paper_repro.hopfield import theory as ht
 
 NAMES = (
     "hopfield/r_vs_bits",

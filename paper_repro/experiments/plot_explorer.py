@@ -1,11 +1,13 @@
-"""Figures of the correlation explorer (arrays/rows -> matplotlib Figure; SCIENCE.md 2).
+"""Figures of the correlation explorer (arrays/rows -> matplotlib Figure).
 
 Inputs come from :mod:`paper_repro.feedforward.explorer`: :func:`~paper_repro.feedforward.explorer.layer_view`
 (one layer, one quantizer), :func:`~paper_repro.feedforward.explorer.r_table` rows,
 :func:`~paper_repro.feedforward.explorer.layer_stats` rows and
 :func:`~paper_repro.feedforward.explorer.correlation_vs_accuracy`. :func:`interactive_layer` is the one
 function that computes (through the explorer) and plots: it is the target of
-``ipywidgets.interact`` in ``notebooks/explorer.ipynb``.
+``ipywidgets.interact`` in ``notebooks/explorer.ipynb``. Colours, line styles, markers and
+shades follow :mod:`paper_repro.experiments.style` (colour = scheme, line / marker fill = fit,
+marker = granularity, shade = bits).
 """
 
 from __future__ import annotations
@@ -17,17 +19,7 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 
-STYLE = {  # (scheme, fit) -> colour, line style
-    ("linear", "max"): ("tab:blue", "--"), ("linear", "corr"): ("tab:blue", "-"),
-    ("exponential", "max"): ("tab:red", "--"), ("exponential", "corr"): ("tab:red", "-"),
-    ("lloyd_max", "corr"): ("k", ":"), ("linear_midrise", "corr"): ("tab:cyan", "-"),
-    ("exponential_nozero", "corr"): ("tab:orange", "-"), ("pow2", "max"): ("tab:purple", "--"),
-    ("pow2", "corr"): ("tab:purple", "-"),
-}
-
-
-def _style(scheme, fit):
-    return STYLE.get((scheme, fit), ("tab:gray", "-"))
+from paper_repro.experiments import style as S
 
 
 def _levels_for_plot(view: dict) -> tuple[np.ndarray, str]:
@@ -47,25 +39,32 @@ def plot_layer(view: dict, *, title: str | None = None) -> plt.Figure:
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
     lv, what = _levels_for_plot(view)
     lim = max(float(np.abs(w).max()), float(np.abs(lv).max())) * 1.05
-    ax0.hist(w, bins=161, range=(-lim, lim), density=True, color="0.6", log=True)
+    col = S.scheme_color(view["scheme"])
+    ax0.hist(w, bins=161, range=(-lim, lim), density=True, color="0.75", log=True,
+             label="weights (histogram)")
     std = float(np.std(w))
     x = np.linspace(-lim, lim, 400)
-    ax0.plot(x, np.exp(-0.5 * (x / std) ** 2) / (std * np.sqrt(2 * np.pi)), "b-", lw=0.8,
-             label="Gaussian, same std")
+    ax0.plot(x, np.exp(-0.5 * (x / std) ** 2) / (std * np.sqrt(2 * np.pi)), color="k",
+             ls=":", lw=1, label="Gaussian, same std")
     b = std / np.sqrt(2)
-    ax0.plot(x, np.exp(-np.abs(x) / b) / (2 * b), "g-", lw=0.8, label="Laplace, same std")
+    ax0.plot(x, np.exp(-np.abs(x) / b) / (2 * b), color="k", ls="-.", lw=0.8,
+             label="Laplace, same std")
     for i, v in enumerate(lv):
-        ax0.axvline(v, color="tab:red", lw=0.8, alpha=0.8, label=what if i == 0 else None)
+        ax0.axvline(v, color=col, ls=S.FIT_LINESTYLES[view["fit"]], lw=0.8, alpha=0.8,
+                    label=f"{what}: {S.series_label(scheme=view['scheme'], fit=view['fit'], granularity=view['granularity'], bits=view['bits'])}"
+                    if i == 0 else None)
     lo = 0.5 / (len(w) * (2 * lim / 161))
     ax0.set_ylim(bottom=lo)
     ax0.set_xlabel("weight w")
-    ax0.set_ylabel("density (log)")
+    ax0.set_ylabel("probability density of w (log scale)")
     ax0.legend(fontsize=7, loc="upper right")
     ax0.set_title(f"{view['path']}: kurtosis {st['kurtosis']:.1f}, max/std "
                   f"{st['max_over_std']:.1f}", fontsize=9)
     n = min(len(w), 20000)
-    ax1.scatter(w[:n], w_hat[:n], s=2, alpha=0.3, color="tab:red", rasterized=True)
-    ax1.plot([-lim, lim], [-lim, lim], "k-", lw=0.5)
+    ax1.scatter(w[:n], w_hat[:n], s=2, alpha=0.3, color=col, rasterized=True,
+                label=f"{n} weights" + (" (first 20000)" if len(w) > n else ""))
+    ax1.plot([-lim, lim], [-lim, lim], "k-", lw=0.5, label="Q(w) = w")
+    ax1.legend(fontsize=7, loc="upper left", markerscale=4)
     ax1.set_xlabel("original w")
     ax1.set_ylabel("quantized Q(w)")
     ax1.set_title(f"{view['scheme']} / {view['fit']} / {view['granularity']} / "

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import math
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from paper_repro.core.storage import (SUFFIX, code_entropy_bits, load_packed, pack_tree,
-                                      save_packed, trees_equal, zlib_bytes)
+from paper_repro.core.storage import (
+    SUFFIX,
+    code_entropy_bits,
+    load_packed,
+    pack_tree,
+    save_packed,
+    trees_equal,
+    zlib_bytes,
+)
 from paper_repro.experiments.base import Context, Experiment, register
 
 #: The reference file's identity (the official Keras-applications MobileNet 0.75 weights).
