@@ -12,9 +12,9 @@ Examples::
 (``$PAPER_REPRO_CACHE``). Without ``--scheme`` the float model is evaluated; with it, the
 selected kernels are quantized (no retraining), and the drop vs float on the same images is
 reported with a bootstrap interval and McNemar's test. ``--model digits_cnn`` runs the
-embedded digits CNN (no weights or data needed). The data-free repairs (``--bias-correction``,
-``--mean-preserving``, ``--fold-bn``, ``--equalize``, ``--avg-bits``) are described in
-:mod:`paper_repro.feedforward.repairs`, e.g.::
+embedded digits CNN (no weights or data needed; ``--weights`` may name its packed file).
+The data-free repairs (``--bias-correction``, ``--mean-preserving``, ``--fold-bn``,
+``--equalize``, ``--avg-bits``) are described in :mod:`paper_repro.feedforward.repairs`, e.g.::
 
   paper-repro evaluate --model mobilenet --alpha 0.75 ... --scheme linear --bits 5 \\
       --granularity channel --gain --bias-correction
@@ -79,7 +79,7 @@ def run(args) -> int:
         raise ValueError("--scheme needs --bits (or --avg-bits)")
     progress = not (args.no_progress or args.json)
     if args.model == "digits_cnn":
-        task = E.digits_task()
+        task = E.digits_task(weights=args.weights)
     else:
         if not args.weights or not args.data:
             raise ValueError("--weights and --data are required for ImageNet models "

@@ -1,16 +1,24 @@
 """``paper-repro pack``: quantize a model's kernels and write them bit-packed (a ``.prq`` file).
 
 The file holds each quantized kernel as ``b``-bit codes plus its float32 codebook, and every
-other parameter (biases, batch norm) as float32; see :mod:`paper_repro.core.storage` for the
-format. Prints the size accounting: the float32 size, the file size and their ratio
-(``32 / 5 = 6.4x`` at 5 bits before codebooks and float-kept parameters).
+other parameter (biases, batch norm) as stored; see :mod:`paper_repro.core.storage` for the
+format (checksummed, checked on every load). ``--entropy-coding`` stores each kernel's codes
+as an ANS stream under its own histogram instead of ``b`` bits a code. Prints the size
+accounting: the float32 size, the file size and their ratio (``32 / 5 = 6.4x`` at 5 bits
+before codebooks and float-kept parameters), the bits spent per quantized weight and the
+empirical entropy of the codes (what an ideal entropy coder would spend). The file is read
+back and checked bit for bit against the quantized weights before the command succeeds.
+
+Every model ``paper-repro evaluate`` accepts can be packed: the registry models (weights
+from ``--weights`` or the fetched official file) and ``digits_cnn`` (the embedded checkpoint,
+or a digits ``.npz`` given with ``--weights``).
 
 Example::
 
-    paper-repro pack --model mobilenet --alpha 0.75 \\
-        --weights ../shared/data/keras-weights/mobilenet_7_5_224_tf.h5 \\
+    paper-repro pack --model mobilenet --alpha 0.75 --weights mobilenet_7_5_224_tf.h5 \\
         --scheme exponential --fit corr --bits 5 --granularity channel \\
-        --out mobilenet_exp5.prq --json
+        --entropy-coding --out mobilenet_exp5.prq --json
+    paper-repro evaluate --model mobilenet --alpha 0.75 --weights mobilenet_exp5.prq ...
 """
 
 from __future__ import annotations
@@ -27,11 +35,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "pack", help="quantize a model's kernels and save them bit-packed (codes + codebooks)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="registry model name (paper-repro weights list)")
+    p.add_argument("--model", required=True,
+                   help="registry model name (paper-repro weights list) or digits_cnn")
     p.add_argument("--alpha", type=float, default=None, help="MobileNet width multiplier")
     p.add_argument("--weights", default=None,
                    help="legacy Keras .h5 weight file (default: the official file from the "
-                        "cache or the shared data folder, see `paper-repro weights fetch`)")
+                        "cache or the shared data folder, see `paper-repro weights fetch`); "
+                        "for digits_cnn a digits .npz checkpoint (default: the embedded one)")
     p.add_argument("--scheme", required=True, choices=quantize.SCHEMES)
     p.add_argument("--fit", default="corr", choices=quantize.FITS)
     p.add_argument("--bits", type=int, required=True, help="bits per weight incl. sign, 1..8")
@@ -44,42 +54,76 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--base", type=float, default=None, help="fixed exponential base in (0, 1)")
     p.add_argument("--method", default="histogram", choices=quantize.METHODS)
     p.add_argument("--full-codebook", action="store_true",
-                   help="store whole codebooks (default: the positive half where exact)")
+                   help="store whole codebooks (default: parameters or the positive half "
+                        "where exact)")
+    p.add_argument("--entropy-coding", action="store_true",
+                   help="entropy-code each kernel's codes (ANS under its stored histogram) "
+                        "instead of bit-packing them")
     p.add_argument("--out", required=True, help="output file (.prq)")
     p.add_argument("--json", action="store_true", help="print the accounting as JSON")
     return p
 
 
-def run(args) -> int:
-    from paper_repro.feedforward import models
+def _load_model(args) -> tuple[dict, dict]:
+    """``(params, meta)`` of the model to pack: the float tree and where it came from."""
     from paper_repro.core import storage
     from paper_repro.feedforward import weights as W
 
+    if args.model == "digits_cnn":
+        from paper_repro.feedforward import digits
+
+        if args.alpha is not None:
+            raise ValueError("--alpha is a MobileNet width multiplier; digits_cnn has none")
+        if args.weights:
+            path = Path(args.weights)
+            if not path.is_file():
+                raise FileNotFoundError(f"no digits checkpoint at {path}")
+            with open(path, "rb") as f:
+                if f.read(4) != b"PK\x03\x04":
+                    raise ValueError(f"{path}: not a digits .npz checkpoint (digits.save writes "
+                                     "one); omit --weights for the embedded one")
+            params, _ = digits.load(path)
+        else:
+            params, path = digits.load_or_train(), digits.DEFAULT_PATH
+        return params, {"model": "digits_cnn", "alpha": None, "weights_file": path.name,
+                        "weights_md5": W.file_hash(path, "md5")}
+    from paper_repro.feedforward import models
+
     spec = models.get(args.model, args.alpha)
     path = Path(args.weights) if args.weights else W.fetch(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weight file at {path}")
+    if storage.weights_kind(path) != "hdf5":
+        raise ValueError(f"{path} is already a packed model; pack the Keras .h5 weights")
+    return W.load(spec, path), {"model": spec.name, "alpha": spec.alpha,
+                                "weights_file": path.name,
+                                "weights_md5": W.file_hash(path, "md5")}
+
+
+def run(args) -> int:
+    from paper_repro.core import entropy, storage
+
     t0 = time.perf_counter()
-    params = W.load(spec, path)
+    params, source = _load_model(args)
     options = dict(select=args.select, gain=args.gain, rounding=args.rounding, base=args.base,
                    method=args.method)
     new, report = quantize.quantize_tree(params, scheme=args.scheme, bits=args.bits,
                                          fit=args.fit, granularity=args.granularity, **options)
+    coding = "ans" if args.entropy_coding else "fixed"
     meta = {
-        "model": spec.name, "alpha": spec.alpha, "weights_file": path.name,
-        "weights_md5": W.file_hash(path, "md5"), "scheme": args.scheme, "fit": args.fit,
-        "bits": args.bits, "granularity": args.granularity,
+        **source, "scheme": args.scheme, "fit": args.fit,
+        "bits": args.bits, "granularity": args.granularity, "coding": coding,
         "options": {**options, "channel_axis": "default (Keras layouts)"},
     }
     sizes = storage.save_packed(args.out, params, report, meta=meta,
-                                symmetric_codebook=not args.full_codebook)
+                                symmetric_codebook=not args.full_codebook, coding=coding)
     loaded, _ = storage.load_packed(args.out)
     exact = storage.trees_equal(loaded, {k: dict(d) for k, d in new.items()})
     if not exact:
         raise RuntimeError(f"{args.out} does not decode to the quantized weights; please report")
     n_q = sum(r["size"] for r in report)
-    out = {"out": str(args.out), **sizes, "roundtrip_exact": exact, "n_quantized_leaves":
-           len(report), "mean_r": sum(r["r"] * r["size"] for r in report) / n_q,
+    ent = sum(r["size"] * entropy.entropy_bits(r["codes"], r["n_levels"]) for r in report) / n_q
+    out = {"out": str(args.out), **sizes, "code_entropy_bits": ent, "roundtrip_exact": exact,
+           "n_quantized_leaves": len(report),
+           "mean_r": sum(r["r"] * r["size"] for r in report) / n_q,
            "seconds": round(time.perf_counter() - t0, 2), "meta": meta}
     if args.json:
         print(json.dumps(out, indent=1))
@@ -87,7 +131,8 @@ def run(args) -> int:
     mib = 1 << 20
     print(f"{args.out}: {sizes['packed_bytes'] / mib:.3f} MiB packed vs "
           f"{sizes['float_bytes'] / mib:.3f} MiB float32 -> {sizes['ratio']:.2f}x "
-          f"({sizes['bits_per_param']:.2f} bits/param; codes {sizes['codes_bytes']:,d} B, "
+          f"({sizes['bits_per_param']:.2f} bits/param; codes {sizes['codes_bytes']:,d} B "
+          f"({coding}: {sizes['code_bits_per_weight']:.3f} bits/weight, entropy {ent:.3f}), "
           f"codebooks {sizes['codebook_bytes']:,d} B, float kept {sizes['float_kept_bytes']:,d} B, "
           f"header {sizes['header_bytes']:,d} B); {len(report)} kernels quantized, "
           f"mean r {out['mean_r']:.4f}, round trip exact")

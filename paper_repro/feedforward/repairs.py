@@ -652,17 +652,17 @@ def scale_moments(moments, scales: Mapping[str, np.ndarray], topo: Sequence[Laye
 
 
 def codebook_floats(q: Q.Quantizer, *, codebook: str = "params") -> int:
-    """Floats needed to rebuild ``q``'s codebook(s): ``"levels"`` counts every level (as
-    :func:`~paper_repro.feedforward.sweep.storage_accounting` does); ``"params"`` counts the
-    free parameters per codebook (linear, pow2, sign: one scale; exponential: scale and base;
-    Lloyd-Max: all its levels)."""
-    n_books = 1 if q.granularity == "tensor" else int(q.levels.shape[0])
+    """Float32 numbers stored for ``q``'s codebook(s): ``"params"`` is what the packed format
+    writes (:func:`paper_repro.core.storage.codebook_nbytes` / 4: linear, pow2, sign one
+    scale per codebook, exponential scale and base, Lloyd-Max its positive levels);
+    ``"levels"`` counts every level (a format that stores whole codebooks)."""
+    from paper_repro.core import storage
+
     if codebook == "levels":
         return int(np.size(q.levels))
     if codebook != "params":
         raise ValueError(f"codebook must be 'params' or 'levels', got {codebook!r}")
-    per = {"exponential": 2, "exponential_nozero": 2, "lloyd_max": q.n_levels}.get(q.scheme, 1)
-    return n_books * per
+    return storage.codebook_nbytes(q) // 4
 
 
 def channel_noise(w, w_hat, *, channel_axis: int = -1) -> float:

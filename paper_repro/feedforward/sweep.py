@@ -143,24 +143,22 @@ def sweep_configs(*, bits: Iterable[int] = range(2, 9),
 def storage_accounting(params, report: list[dict]) -> dict:
     """Bytes of the float32 model vs the quantized one (codes at b bits + codebooks + kept floats).
 
-    Codes are counted bit-packed (``ceil(n b / 8)`` bytes per tensor), codebooks as the packed
-    format stores them (:func:`paper_repro.core.storage.codebook_nbytes`: one or two float32 per
-    codebook, all positive levels for Lloyd-Max), every other leaf as float32. File headers
+    Codes and codebooks count exactly what the packed format writes for them
+    (:func:`paper_repro.core.storage.codes_nbytes`: bit-packed codes;
+    :func:`paper_repro.core.storage.codebook_nbytes`: one or two float32 per parametric
+    codebook, the positive levels for Lloyd-Max), every other leaf as float32. File headers
     are not counted here (``paper-repro pack`` measures the real file).
+    ``compression_ratio_param_codebooks`` is kept for older tables: the packed format stores
+    parametric codebooks as their parameters, so it equals ``compression_ratio``.
     """
-    from paper_repro.core.storage import codebook_nbytes
-
     total = sum(int(np.size(x)) for _, x in Q.tree_paths(params))
     float_bytes = 4 * total
     q_weights = sum(r["size"] for r in report)
-    code_bytes = sum(-(-r["size"] * r["bits"] // 8) for r in report)
-    book_bytes = sum(codebook_nbytes(r["quantizer"]) for r in report)
+    code_bytes = sum(storage.codes_nbytes(r["size"], r["n_levels"]) for r in report)
+    book_bytes = sum(storage.codebook_nbytes(r["quantizer"]) for r in report)
     kept = 4 * (total - q_weights)
     packed = code_bytes + book_bytes + kept
-    from paper_repro.feedforward.repairs import codebook_floats
-
-    param_books = sum(4 * codebook_floats(r["quantizer"]) for r in report)
-    packed_param = code_bytes + param_books + kept
+    packed_param = packed
     return {
         "float_bytes": float_bytes, "code_bytes": code_bytes, "codebook_bytes": book_bytes,
         "kept_float_bytes": kept, "quantized_bytes": packed,
@@ -192,17 +190,15 @@ def planned_compression(params, cfg: QuantConfig) -> float | None:
     keep = [re.compile(k) for k in cfg.keep_float]
     chosen = [(p, x) for p, x in leaves if re.fullmatch(cfg.select, p) and np.ndim(x) > 0
               and not any(k.search(p) for k in keep)]
-    per_book = {"exponential": 2, "exponential_nozero": 2}.get(cfg.scheme, 1)
-    if cfg.scheme == "lloyd_max":
-        per_book = Q.n_positive(cfg.scheme, cfg.bits)
     n_q = code = books = 0
     for p, x in chosen:
         n = int(np.size(x))
         n_books = (np.shape(x)[Q.default_channel_axis(p, x)] if cfg.granularity == "channel"
                    else 1)
         n_q += n
-        code += -(-n * cfg.bits // 8)
-        books += 4 * per_book * n_books
+        code += storage.codes_nbytes(n, Q.n_levels(cfg.scheme, cfg.bits))
+        books += storage.codebook_nbytes(scheme=cfg.scheme, bits=cfg.bits,
+                                         granularity=cfg.granularity, n_channels=n_books)
     packed = code + books + 4 * (total - n_q)
     return 4 * total / packed
 
@@ -368,15 +364,32 @@ def run_sweep(task: Task, configs: Sequence[QuantConfig], table: ResultsTable, *
 # --- Tasks --------------------------------------------------------------------------------------
 
 
-def digits_task() -> Task:
-    """The embedded default: the small digits CNN and its held-out split (no download)."""
+def digits_task(weights: str | os.PathLike | None = None) -> Task:
+    """The embedded default: the small digits CNN and its held-out split (no download).
+
+    ``weights``: a packed file of the digits CNN (``paper-repro pack --model digits_cnn``),
+    evaluated as stored; default: the embedded float checkpoint.
+    """
     from paper_repro.feedforward import digits
 
-    params = digits.load_or_train()
+    info: dict[str, Any] = {"model": "digits_cnn", "data": "digits"}
+    if weights is None:
+        params = digits.load_or_train()
+    else:
+        if storage.weights_kind(weights) != "packed":
+            raise ValueError(f"{weights}: digits_cnn reads packed files (`paper-repro pack "
+                             "--model digits_cnn`); omit --weights for the float checkpoint")
+        params, meta = storage.load_packed(weights)
+        if meta.get("model") != "digits_cnn":
+            raise ValueError(f"{weights} holds {meta.get('model')}, not digits_cnn")
+        sz = storage.sizes(storage.read_packed(weights))
+        packed = {k: meta.get(k) for k in ("scheme", "fit", "bits", "granularity")}
+        packed.update(packed_file=Path(weights).name, compression_ratio=sz["ratio"],
+                      packed_bytes=sz["packed_bytes"], float_bytes=sz["float_bytes"])
+        info["packed"] = packed
     _, test = digits.load_data()
     return Task(name="digits_cnn", apply_fn=digits.apply, params=params, data=test,
-                preprocess_mode=digits.preprocess, info={"model": "digits_cnn", "data": "digits"},
-                batch_size=256)
+                preprocess_mode=digits.preprocess, info=info, batch_size=256)
 
 
 def imagenet_task(model: str, *, weights: str | os.PathLike, data: str | os.PathLike,
@@ -396,7 +409,7 @@ def imagenet_task(model: str, *, weights: str | os.PathLike, data: str | os.Path
             f"weights file {weights} not found; `paper-repro weights fetch {spec.name}` downloads "
             f"{spec.weights.file_name} (or copy it there by hand)")
     packed = None
-    if storage.is_packed(weights):
+    if storage.weights_kind(weights) == "packed":  # by content; refuses other formats
         params, meta = storage.load_packed(weights)
         if meta.get("model") not in (None, spec.name) or (
                 meta.get("alpha") is not None and meta.get("alpha") != spec.alpha):
