@@ -9,12 +9,14 @@ written over the real results).
 
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from paper_repro.core.storage import (
     SUFFIX,
@@ -85,10 +87,10 @@ def compute(config: Mapping, ctx: Context) -> dict[str, np.ndarray]:
     else:
         params = synthetic_params(config["model"], config["alpha"],
                                   seed=int(config["source"]["seed"]))
-    return rows_to_columns(storage_rows(config, params))
+    return rows_to_columns(storage_rows(config, params, progress=ctx.progress))
 
 
-def storage_rows(config: Mapping, params) -> list[dict]:
+def storage_rows(config: Mapping, params, *, progress: bool = True) -> list[dict]:
     """Pack the model at every (scheme, granularity, bits) of ``config``; one row each.
 
     Every file is written to a temporary folder (``packed_bytes`` is its size on disk), read
@@ -97,39 +99,40 @@ def storage_rows(config: Mapping, params) -> list[dict]:
     (size-weighted correlation of the quantized kernels), ``code_entropy_bits``,
     ``zlib_bytes`` / ``zlib_ratio`` (compression on top, reported apart),
     ``ratio_parametric_codebook`` (an estimate, not a file: each codebook stored as its three
-    float32 parameters ``c, a, gain`` instead of its levels), seconds.
+    float32 parameters ``c, a, gain`` instead of its levels).
     """
     from paper_repro.core import quantize
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for scheme in config["schemes"]:
-            for gran in config["granularities"]:
-                for bits in config["bits"]:
-                    new, report = quantize.quantize_tree(
-                        params, select=config["select"], scheme=scheme, bits=int(bits),
-                        fit=config["fit"], granularity=gran, method=config["method"])
-                    meta = {k: config[k] for k in ("model", "alpha", "fit", "select", "method")}
-                    meta.update(scheme=scheme, granularity=gran, bits=int(bits))
-                    packed = pack_tree(params, report, meta=meta,
-                                       symmetric_codebook=config["symmetric_codebook"])
-                    f = Path(tmp) / f"{scheme}_{gran}_{bits}{SUFFIX}"
-                    s = save_packed(f, packed)
-                    loaded, _ = load_packed(f)
-                    exact = trees_equal(loaded, {k: {v: np.asarray(a) for v, a in d.items()}
-                                                 for k, d in new.items()})
-                    n_q = sum(r["size"] for r in report)
-                    z = zlib_bytes(packed)
-                    rows.append({
-                        "scheme": scheme, "granularity": gran, "bits": int(bits), **s,
-                        "disk_bytes": f.stat().st_size, "exact": bool(exact),
-                        "mean_r": sum(r["r"] * r["size"] for r in report) / n_q,
-                        "code_entropy_bits": code_entropy_bits(packed),
-                        "zlib_bytes": z, "zlib_ratio": s["float_bytes"] / z,
-                        "ratio_parametric_codebook": s["float_bytes"] / (
-                            s["packed_bytes"] - s["codebook_bytes"] + 12 * s["codebooks"]),
-                    })
-                    f.unlink()
+        grid = list(itertools.product(config["schemes"], config["granularities"],
+                                      config["bits"]))
+        for scheme, gran, bits in tqdm(grid, desc="storage: pack + verify", unit="file",
+                                       disable=not progress):
+            new, report = quantize.quantize_tree(
+                params, select=config["select"], scheme=scheme, bits=int(bits),
+                fit=config["fit"], granularity=gran, method=config["method"])
+            meta = {k: config[k] for k in ("model", "alpha", "fit", "select", "method")}
+            meta.update(scheme=scheme, granularity=gran, bits=int(bits))
+            packed = pack_tree(params, report, meta=meta,
+                               symmetric_codebook=config["symmetric_codebook"])
+            f = Path(tmp) / f"{scheme}_{gran}_{bits}{SUFFIX}"
+            s = save_packed(f, packed)
+            loaded, _ = load_packed(f)
+            exact = trees_equal(loaded, {k: {v: np.asarray(a) for v, a in d.items()}
+                                         for k, d in new.items()})
+            n_q = sum(r["size"] for r in report)
+            z = zlib_bytes(packed)
+            rows.append({
+                "scheme": scheme, "granularity": gran, "bits": int(bits), **s,
+                "disk_bytes": f.stat().st_size, "exact": bool(exact),
+                "mean_r": sum(r["r"] * r["size"] for r in report) / n_q,
+                "code_entropy_bits": code_entropy_bits(packed),
+                "zlib_bytes": z, "zlib_ratio": s["float_bytes"] / z,
+                "ratio_parametric_codebook": s["float_bytes"] / (
+                    s["packed_bytes"] - s["codebook_bytes"] + 12 * s["codebooks"]),
+            })
+            f.unlink()
     return rows
 
 
