@@ -90,32 +90,41 @@ def _combos(rows):
 def plot_r_vs_bits(r_rows: list[dict], summary_rows: list[dict], *, layer: str | None = None,
                    title: str = "") -> plt.Figure:
     """r vs bits per scheme and fit: one layer's ``1 - r`` (log) and the network's predicted
-    noise ``sum (1 - r^2)/r^2``, per tensor (left) and per channel (right) in each panel."""
+    noise ``sum (1 - r^2)/r^2``, per tensor (left) and per channel (right) in each panel.
+
+    ``r_rows``: :func:`~paper_repro.feedforward.explorer.r_table` rows (``path``, ``scheme``,
+    ``fit``, ``granularity``, ``bits``, ``r``); ``summary_rows``:
+    :func:`~paper_repro.feedforward.explorer.network_summary` rows (``noise_sum``).
+    """
     layer = layer or r_rows[0]["path"]
     grans = sorted({r["granularity"] for r in r_rows}, reverse=True)
-    fig, axes = plt.subplots(2, len(grans), figsize=(5 * len(grans), 7.5), squeeze=False,
+    bits = sorted({int(r["bits"]) for r in r_rows})
+    fig, axes = plt.subplots(2, len(grans), figsize=(5.6 * len(grans), 8), squeeze=False,
                              sharey="row")
     for j, g in enumerate(grans):
         for s, f in _combos(r_rows):
-            col, ls = _style(s, f)
+            st = S.series_style(scheme=s, fit=f, granularity=g, ms=3.5)
+            lab = S.series_label(scheme=s, fit=f)
             rs = sorted(_sel(r_rows, path=layer, scheme=s, fit=f, granularity=g),
                         key=lambda r: r["bits"])
             if rs:
-                axes[0, j].semilogy([r["bits"] for r in rs], [1 - r["r"] for r in rs], ls,
-                                    color=col, marker="o", ms=3, label=f"{s} / {f}")
+                axes[0, j].semilogy([r["bits"] for r in rs], [1 - r["r"] for r in rs], **st,
+                                    label=lab)
             ss = sorted(_sel(summary_rows, scheme=s, fit=f, granularity=g),
                         key=lambda r: r["bits"])
             if ss:
-                axes[1, j].semilogy([r["bits"] for r in ss], [r["noise_sum"] for r in ss], ls,
-                                    color=col, marker="o", ms=3, label=f"{s} / {f}")
+                axes[1, j].semilogy([r["bits"] for r in ss], [r["noise_sum"] for r in ss],
+                                    **st, label=lab)
         axes[0, j].set_title(f"{layer}, per {g}", fontsize=9)
         axes[1, j].set_title(f"whole network, per {g}", fontsize=9)
-        axes[1, j].set_xlabel("bits per weight (sign included)")
+        axes[1, j].set_xlabel(f"bits per weight (sign included{S.bits_note(bits)})")
         for ax in axes[:, j]:
+            ax.set_xticks(bits)
             ax.grid(alpha=0.3, which="both")
-    axes[0, 0].set_ylabel("1 - r (log)")
-    axes[1, 0].set_ylabel("predicted noise  sum (1 - r^2)/r^2")
-    axes[0, 0].legend(fontsize=7)
+        S.legend_for_styles(axes[0, j], fits=[f for _, f in _combos(r_rows)],
+                            granularities=[g], loc="lower left", handlelength=4)
+    axes[0, 0].set_ylabel("1 - r of the layer (log scale)")
+    axes[1, 0].set_ylabel("predicted noise  sum over layers (1 - r²)/r²  (log scale)")
     fig.suptitle(title or "correlation vs bits", fontsize=10)
     fig.tight_layout()
     return fig
@@ -125,20 +134,23 @@ def plot_r_per_layer(r_rows: list[dict], stats_rows: list[dict], *, bits: int,
                      granularity: str = "tensor", title: str = "") -> plt.Figure:
     """``1 - r`` per layer (log) at one width, one line per scheme and fit, layer kinds on
     the x axis labels."""
-    fig, ax = plt.subplots(figsize=(max(7, 0.3 * len(stats_rows) + 3), 4))
-    for s, f in _combos(r_rows):
-        col, ls = _style(s, f)
+    fig, ax = plt.subplots(figsize=(max(7, 0.3 * len(stats_rows) + 3), 4.4))
+    combos = _combos(r_rows)
+    for s, f in combos:
         rs = sorted(_sel(r_rows, bits=bits, scheme=s, fit=f, granularity=granularity),
                     key=lambda r: r["index"])
         if rs:
-            ax.semilogy([r["index"] for r in rs], [1 - r["r"] for r in rs], ls, color=col,
-                        marker="o", ms=3, label=f"{s} / {f}")
+            ax.semilogy([r["index"] for r in rs], [1 - r["r"] for r in rs],
+                        **S.series_style(scheme=s, fit=f, granularity=granularity, ms=3.5),
+                        label=S.series_label(scheme=s, fit=f, granularity=granularity))
     ax.set_xticks([r["index"] for r in stats_rows])
     ax.set_xticklabels([r["path"].split("/")[0] for r in stats_rows], rotation=90, fontsize=6)
-    ax.set_ylabel("1 - r (log)")
+    ax.set_xlabel("layer (input to output)")
+    ax.set_ylabel("1 - r of the layer (log scale)")
     ax.set_title(title or f"correlation per layer, {bits} bits, per {granularity}", fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    S.legend_for_styles(ax, fits=[f for _, f in combos], granularities=[granularity],
+                        loc="upper left", ncol=2, handlelength=4)
     fig.tight_layout()
     return fig
 
@@ -155,32 +167,48 @@ def gain_ratio(r_rows: list[dict], *, bits: int, fit: str, granularity: str = "t
 
 def plot_layer_stats(stats_rows: list[dict], r_rows: list[dict], *, bits: int,
                      title: str = "") -> plt.Figure:
-    """Why exponential levels help: per-layer kurtosis, max/std and tail mass, and the gain
-    ``(1 - r_lin)/(1 - r_exp)`` against kurtosis and against max/std (fit max and corr)."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    """Why exponential levels help: per-layer excess kurtosis and max|w|/std (two panels,
+    each with its own axis), and the gain ``(1 - r_lin)/(1 - r_exp)`` per tensor against
+    kurtosis and against max/std (fit max hollow, fit corr filled)."""
+    fig = plt.figure(figsize=(16, 5.6))
+    gs = fig.add_gridspec(2, 3, width_ratios=(1.25, 1, 1))
+    ax_k = fig.add_subplot(gs[0, 0])
+    ax_m = fig.add_subplot(gs[1, 0], sharex=ax_k)
     idx = [r["index"] for r in stats_rows]
-    ax = axes[0]
-    ax.bar(idx, [r["kurtosis"] for r in stats_rows], color="0.6", label="excess kurtosis")
-    ax.plot(idx, [r["max_over_std"] for r in stats_rows], "r.-", label="max|w| / std")
-    ax.axhline(3, color="g", lw=0.8, ls=":", label="Laplace kurtosis (3)")
-    ax.set_xticks(idx)
-    ax.set_xticklabels([r["path"].split("/")[0] for r in stats_rows], rotation=90, fontsize=6)
-    ax.set_title("tails per layer", fontsize=9)
-    ax.legend(fontsize=7)
-    for ax, key, lab in ((axes[1], "kurtosis", "excess kurtosis"),
-                         (axes[2], "max_over_std", "max|w| / std")):
-        st = {r["path"]: r for r in stats_rows}
-        for fit, mk in (("max", "o"), ("corr", "s")):
+    ax_k.bar(idx, [r["kurtosis"] for r in stats_rows], color="0.6", label="excess kurtosis")
+    ax_k.axhline(3, **{**S.REFERENCE, "color": "k"}, label="Laplace (3)")
+    ax_k.axhline(0, color="k", lw=0.6, label="_Gaussian (0)")
+    ax_k.set_ylabel("excess kurtosis")
+    ax_k.set_title("tails per layer", fontsize=9)
+    ax_k.legend(fontsize=7, loc="upper right")
+    ax_k.tick_params(labelbottom=False)
+    ax_m.plot(idx, [r["max_over_std"] for r in stats_rows], color="0.25", marker="o", ms=3,
+              lw=1, label="max|w| / std")
+    ax_m.axhline(np.sqrt(3), **{**S.REFERENCE, "color": "k"}, label="uniform (sqrt 3)")
+    ax_m.set_ylabel("max|w| / std(w)")
+    ax_m.legend(fontsize=7, loc="upper left")
+    ax_m.set_xticks(idx)
+    ax_m.set_xticklabels([r["path"].split("/")[0] for r in stats_rows], rotation=90,
+                         fontsize=6)
+    for ax in (ax_k, ax_m):
+        ax.grid(alpha=0.3, axis="y")
+    st = {r["path"]: r for r in stats_rows}
+    for k, (key, lab) in enumerate((("kurtosis", "excess kurtosis of the layer"),
+                                    ("max_over_std", "max|w| / std(w) of the layer"))):
+        ax = fig.add_subplot(gs[:, 1 + k])
+        for fit in ("max", "corr"):
             g = gain_ratio(r_rows, bits=bits, fit=fit)
             if g:
-                ax.scatter([st[p][key] for p in g], list(g.values()), marker=mk, s=18,
-                           alpha=0.7, label=f"fit {fit}")
-        ax.axhline(1, color="k", lw=0.6)
+                ax.plot([st[p][key] for p in g], list(g.values()), alpha=0.8,
+                        **{**S.series_style(scheme="exponential", fit=fit,
+                                            granularity="tensor", ms=5, line=False)},
+                        label=f"{S.FIT_NAMES[fit]}, per tensor")
+        ax.axhline(1, color="k", lw=0.6, label="no gain (= 1)")
         ax.set_yscale("log")
         ax.set_xlabel(lab)
-        ax.set_ylabel(f"(1 - r_linear) / (1 - r_exp) at {bits} bits")
+        ax.set_ylabel(f"gain (1 - r_linear) / (1 - r_exponential) at {bits} bits (log)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
         ax.set_title("> 1: exponential levels closer to the weights", fontsize=9)
     fig.suptitle(title or "layer statistics that explain the exponential gain", fontsize=10)
     fig.tight_layout()
@@ -207,15 +235,20 @@ def plot_tensor_vs_channel(r_rows: list[dict], stats_rows: list[dict], *, bits: 
         y = np.array([1 - c[p] for p in ps])
         col = np.log10(np.clip([spread.get(p, 1.0) for p in ps], 1.0, 1e3))
         sc = ax.scatter(x, y, c=col, cmap="viridis", s=22, vmin=0, vmax=3)
+        ax.plot([], [], "o", color="0.5", ms=5, ls="none",
+                label=f"one layer each ({len(ps)}), colour: channel spread")
         lo, hi = min(x.min(), y.min()) * 0.8, max(x.max(), y.max()) * 1.2
-        ax.plot([lo, hi], [lo, hi], "k-", lw=0.6)
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.6, label="equal (y = x)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("1 - r, per tensor")
-        ax.set_ylabel("1 - r, per channel")
-        ax.set_title(f"{scheme} / corr / {bits} bits", fontsize=9)
+        ax.set_xlabel("1 - r, per tensor (log scale)")
+        ax.set_ylabel("1 - r, per channel (log scale)")
+        ax.set_title(f"{S.series_label(scheme=scheme, fit='corr', bits=bits)}", fontsize=9,
+                     color=S.scheme_color(scheme))
+        ax.legend(fontsize=7, loc="upper left", title="below the line: per channel closer",
+                  title_fontsize=7)
         fig.colorbar(sc, ax=ax, label="log10 channel-std spread (p95/p5, capped 1e3)")
     fig.suptitle(title or "per tensor vs per channel", fontsize=10)
     fig.tight_layout()
@@ -224,52 +257,55 @@ def plot_tensor_vs_channel(r_rows: list[dict], stats_rows: list[dict], *, bits: 
 
 def plot_correlation_vs_accuracy(rows: list[dict], fit: dict, *, title: str = "") -> plt.Figure:
     """Measured top-1 drop vs the network's predicted noise ``sum (1 - r^2)/r^2`` (log) with
-    the logistic and isotonic fits, and vs the size-weighted mean r; quality in the legend."""
+    the logistic and isotonic fits, and vs the size-weighted mean r; quality in the legend.
+    Points: colour = scheme (shade = bits), fill = fit, marker = granularity."""
     from sklearn.isotonic import IsotonicRegression
 
     from paper_repro.feedforward.explorer import logistic
 
     y = fit["y"]
     x = fit["log10_noise"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.4))
     ax = axes[0]
-    markers = {"tensor": "o", "channel": "s"}
+    all_bits = sorted({int(r["bits"]) for r in rows})
+    br = (all_bits[0], all_bits[-1]) if all_bits else None
+    groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(rows):
-        col, _ = _style(r["scheme"], r["fit"])
-        ax.scatter(x[i], y[i], color=col, marker=markers.get(r.get("granularity"), "^"),
-                   s=14 + 4 * int(r["bits"]), alpha=0.75,
-                   facecolors="none" if r["fit"] == "max" else col)
+        groups.setdefault((r["scheme"], r["fit"], r.get("granularity"), int(r["bits"])),
+                          []).append(i)
+    for (s, f, g, b), ii in sorted(groups.items(), key=lambda kv: kv[1][0]):
+        ax.plot(x[ii], y[ii], alpha=0.85,
+                **S.series_style(scheme=s, fit=f, granularity=g, bits=b, bits_range=br,
+                                 ms=6, line=False),
+                label=f"_{S.series_label(scheme=s, fit=f, granularity=g, bits=b)}")
     xs = np.linspace(x.min() - 0.2, x.max() + 0.2, 300)
     lg = fit["logistic"]
     if lg["params"]:
         ax.plot(xs, logistic(xs, **lg["params"]), "k-", lw=1,
-                label=f"logistic fit: R^2 = {lg['r2']:.3f}, RMSE {lg['rmse']:.2f} pts")
+                label=f"logistic fit: R² = {lg['r2']:.3f}, RMSE {lg['rmse']:.2f} pts")
     iso = IsotonicRegression(out_of_bounds="clip").fit(x, y)
-    ax.plot(xs, iso.predict(xs), color="0.4", ls="--", lw=1,
-            label=f"isotonic: leave-one-out R^2 = {fit['isotonic_loo_r2']:.3f}")
+    ax.plot(xs, iso.predict(xs), color="0.4", ls=(0, (4, 1, 1, 1)), lw=1,
+            label=f"isotonic: leave-one-out R² = {fit['isotonic_loo_r2']:.3f}")
     p = fit["predictors"]["noise_sum"]
     ax.plot([], [], " ", label=f"Spearman rho = {p['spearman_rho']:.3f} "
                                f"(p = {p['spearman_p']:.1e}), n = {fit['n']}")
-    for (s, f), (col, _) in STYLE.items():
-        if any(r["scheme"] == s and r["fit"] == f for r in rows):
-            ax.scatter([], [], color=col, facecolors="none" if f == "max" else col,
-                       label=f"{s} / {f}")
-    for g, mk in markers.items():
-        if any(r.get("granularity") == g for r in rows):
-            ax.scatter([], [], color="0.5", marker=mk, label=f"per {g}")
-    ax.set_xlabel("log10 predicted noise  sum over layers (1 - r^2)/r^2")
-    ax.set_ylabel("measured top-1 drop (points)")
-    ax.legend(fontsize=6.5, loc="lower right", framealpha=0.9)
+    schemes = list(dict.fromkeys(r["scheme"] for r in rows))
+    S.legend_for_styles(ax, schemes=schemes, fits=list(dict.fromkeys(r["fit"] for r in rows)),
+                        granularities=[g for g in S.GRANULARITY_MARKERS
+                                       if any(r.get("granularity") == g for r in rows)],
+                        bits=all_bits, loc="center right", fontsize=6, ncol=1)
+    ax.set_xlabel("log10 predicted noise  sum over layers (1 - r²)/r²")
+    ax.set_ylabel("measured top-1 drop vs float (percentage points)")
     ax.grid(alpha=0.3)
     ax = axes[1]
-    for name, mk in (("r_mean", "o"), ("r_min", "x")):
+    for name, mk, col in (("r_mean", "P", "0.15"), ("r_min", "x", "0.55")):
         d = fit["predictors"][name]
-        ax.scatter(1 - d["x"], y, marker=mk, s=16, alpha=0.7,
-                   label=f"1 - {name}: Spearman rho = {-d['spearman_rho']:.3f}")
+        ax.plot(1 - d["x"], y, marker=mk, ls="none", ms=5, color=col, alpha=0.75,
+                label=f"1 - {name}: Spearman rho = {-d['spearman_rho']:.3f}")
     ax.set_xscale("log")
-    ax.set_xlabel("1 - r  (size-weighted mean / min over layers)")
-    ax.set_ylabel("measured top-1 drop (points)")
-    ax.legend(fontsize=7)
+    ax.set_xlabel("1 - r  (size-weighted mean / min over layers, log scale)")
+    ax.set_ylabel("measured top-1 drop vs float (percentage points)")
+    ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3, which="both")
     fig.suptitle(title or "does correlation predict accuracy?", fontsize=10)
     fig.tight_layout()
@@ -277,27 +313,46 @@ def plot_correlation_vs_accuracy(rows: list[dict], fit: dict, *, title: str = ""
 
 
 def plot_baselines(rows: Sequence[dict], *, title: str = "") -> plt.Figure:
-    """Library int-b (qwix) vs ours: top-1 and mean ``1 - r`` per method and width."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    """Library int-b (qwix) vs ours: top-1 (bars: 95 % paired-bootstrap interval of the drop
+    vs float, drawn around the top-1) and mean ``1 - r`` per method and width."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     fl = next((r for r in rows if r["method"] == "float"), None)
-    groups = {"qwix": ("tab:green", "qwix int per-channel absmax"),
-              "ours linear": ("tab:blue", "ours linear corr per-channel"),
-              "ours exponential": ("tab:red", "ours exponential corr per-channel")}
-    for key, (col, lab) in groups.items():
+    groups = {"qwix": ("qwix", "max", "qwix int, per-channel absmax (max fit)"),
+              "ours linear": ("linear", "corr", "ours linear, corr fit, per channel"),
+              "ours exponential": ("exponential", "corr",
+                                   "ours exponential, corr fit, per channel")}
+    bits_all: set[int] = set()
+    has_ci = False
+    for key, (scheme, f, lab) in groups.items():
         rs = sorted((r for r in rows if r["method"].startswith(key)), key=lambda r: r["bits"])
         if rs:
             b = [int(r["bits"]) for r in rs]
-            axes[0].plot(b, [float(r["top1"]) for r in rs], "o-", color=col, label=lab)
-            axes[1].semilogy(b, [1 - float(r["r_mean"]) for r in rs], "o-", color=col,
-                             label=lab)
+            bits_all.update(b)
+            st = S.series_style(scheme=scheme, fit=f, granularity="channel", ms=5)
+            top1 = np.array([float(r["top1"]) for r in rs])
+            err = None
+            if fl is not None and all(r.get("top1_drop_low") not in (None, "") for r in rs):
+                ft = float(fl["top1"])
+                lo = ft - np.array([float(r["top1_drop_high"]) for r in rs])
+                hi = ft - np.array([float(r["top1_drop_low"]) for r in rs])
+                err = [np.maximum(top1 - lo, 0), np.maximum(hi - top1, 0)]
+                has_ci = True
+            axes[0].errorbar(b, top1, yerr=err, capsize=2, **st, label=lab)
+            axes[1].semilogy(b, [1 - float(r["r_mean"]) for r in rs], **st, label=lab)
     if fl is not None:
-        axes[0].axhline(float(fl["top1"]), color="k", lw=0.8, ls=":", label="float")
-    axes[0].set_ylabel("top-1 (%)")
-    axes[1].set_ylabel("1 - mean r (log)")
-    for ax in axes:
-        ax.set_xlabel("bits per weight")
+        axes[0].axhline(float(fl["top1"]), **S.FLOAT_STYLE,
+                        label=f"float {float(fl['top1']):.2f}")
+    axes[0].set_ylabel("top-1 accuracy (%)")
+    axes[1].set_ylabel("1 - mean r (size-weighted over layers, log scale)")
+    note = "bars: 95 % paired-bootstrap CI of the drop vs float" if has_ci else None
+    for k, ax in enumerate(axes):
+        ax.set_xlabel("bits per weight (incl. sign)")
+        ax.set_xticks(sorted(bits_all))
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        S.legend_for_styles(ax, fits=["max", "corr"] if k == 0 else [],
+                            granularities=["channel"] if k == 0 else [],
+                            note=note if k == 0 else None,
+                            loc="lower right" if k == 0 else "upper right")
     fig.suptitle(title or "library baseline vs correlation-fitted levels", fontsize=10)
     fig.tight_layout()
     return fig
