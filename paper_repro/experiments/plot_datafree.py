@@ -115,9 +115,9 @@ def plot_datafree(rows: Sequence[Mapping], *, title: str = "",
         xlo, xhi = ranges[k]
         if band is not None:
             ax.axvspan(band[0], band[1], **S.FLOAT_BAND,
-                       label="float: Wilson 95 % band" if k == 0 else None)
+                       label="float: Wilson 95 % band" if k == 0 else "_nolegend_")
         if ft is not None:
-            ax.axvline(ft, **S.FLOAT_STYLE, label=f"float {ft:.2f}" if k == 0 else None)
+            ax.axvline(ft, **S.FLOAT_STYLE, label=f"float {ft:.2f}" if k == 0 else "_nolegend_")
         for i, r in enumerate(qrows):
             st = S.series_style(scheme=r["scheme"], fit=r.get("fit"),
                                 granularity=r.get("granularity"), bits=bits[i],
@@ -143,6 +143,7 @@ def plot_datafree(rows: Sequence[Mapping], *, title: str = "",
             ax.set_title(f"zoom: float ± {zoom_within:g} points", fontsize=9)
     ax0 = axes[0]
     ax0.set_yticks(y, [str(r["label"]) for r in qrows], fontsize=7)
+    ax0.set_ylabel("configuration")
     ax0.set_ylim(n - 0.4, -0.6)
     ax0.set_title(title, fontsize=9, loc="left" if zoom else "center")
     notes = []

@@ -117,8 +117,8 @@ def plot_r_vs_bits(r_rows: list[dict], summary_rows: list[dict], *, layer: str |
                                     **st, label=lab)
         axes[0, j].set_title(f"{layer}, per {g}", fontsize=9)
         axes[1, j].set_title(f"whole network, per {g}", fontsize=9)
-        axes[1, j].set_xlabel(f"bits per weight (sign included{S.bits_note(bits)})")
         for ax in axes[:, j]:
+            ax.set_xlabel(f"bits per weight (sign included{S.bits_note(bits)})")
             ax.set_xticks(bits)
             ax.grid(alpha=0.3, which="both")
         S.legend_for_styles(axes[0, j], fits=[f for _, f in _combos(r_rows)],
@@ -186,6 +186,7 @@ def plot_layer_stats(stats_rows: list[dict], r_rows: list[dict], *, bits: int,
               lw=1, label="max|w| / std")
     ax_m.axhline(np.sqrt(3), **{**S.REFERENCE, "color": "k"}, label="uniform (sqrt 3)")
     ax_m.set_ylabel("max|w| / std(w)")
+    ax_m.set_xlabel("layer (input to output)")
     ax_m.legend(fontsize=7, loc="upper left")
     ax_m.set_xticks(idx)
     ax_m.set_xticklabels([r["path"].split("/")[0] for r in stats_rows], rotation=90,
