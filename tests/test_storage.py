@@ -259,3 +259,541 @@ def test_codebooks_stored_as_parameters_rebuild_bit_exactly():
         for k in new:
             for v in new[k]:
                 assert np.array_equal(np.asarray(new[k][v]), back[k][v]), (scheme, k, v)
+
+
+# --- integrity: checksum, header validation, refusal of damaged and foreign files ----------------
+
+
+def small_packed(coding="fixed"):
+    """A small packed tree with every stored form: parameter codebooks (exponential, per
+    channel and per tensor), Lloyd-Max-like halves, full codebooks, batch norm kept in float,
+    float16 and bfloat16 leaves (one quantized, one kept). ``(params, quantized tree, packed)``."""
+    import ml_dtypes
+
+    params = keras_tree()
+    params["half"] = {"kernel": params["fc"]["kernel"].astype(np.float16),
+                      "bias": np.arange(10, dtype=np.float32).astype(ml_dtypes.bfloat16)}
+    new, report = Q.quantize_tree(params, scheme="exponential", bits=4, fit="max",
+                                  granularity="channel",
+                                  select=r"conv1/kernel|sep/pointwise_kernel|half/kernel")
+    w = params["conv_dw_1"]["depthwise_kernel"]
+    rng = np.random.default_rng(5)
+    for path, lv in (("conv_dw_1/depthwise_kernel",  # symmetric: stored as a half
+                      S._full_from_half(np.sort(rng.uniform(0.1, 2, 8)).astype(np.float32), 16)),
+                     ("sep/depthwise_kernel",  # asymmetric: stored in full
+                      np.sort(rng.normal(size=16)).astype(np.float32))):
+        layer = path.split("/")[0]
+        arr = params[layer][path.split("/")[1]]
+        q = hand_quantizer(lv, scheme="lloyd_max", bits=4, granularity="tensor")
+        report.append({"path": path, "codes": np_encode(arr, q), "quantizer": q})
+        new[layer] = {**new[layer], path.split("/")[1]: np_decode(report[-1]["codes"], q)}
+    assert w is params["conv_dw_1"]["depthwise_kernel"]
+    packed = S.pack_tree(params, report, meta={"model": "tiny"}, coding=coding)
+    forms = {e["codebook"]["form"] for e in packed.header["leaves"] if e["kind"] == "quantized"}
+    assert forms == {"params", "half", "full"}
+    return params, np_tree(new), packed
+
+
+def regions(packed):
+    """Byte ranges of a packed file by class: magic, header length, header JSON, checksum, and
+    each payload blob (``codebook``, ``model``, ``codes``, ``array:<path>``)."""
+    H = len(packed.header_bytes())
+    start = S._PREFIX + H
+    out = {"magic": range(0, 8), "header_length": range(8, 12),
+           "header_json": range(12, start)}
+    for e in packed.header["leaves"]:
+        path = "/".join(e["keys"])
+        locs = ([(f"array:{path}", e)] if e["kind"] == "array" else
+                [(f"codebook:{path}", e["codebook"]), (f"codes:{path}", e["codes"])]
+                + ([(f"model:{path}", e["codes"]["model"])] if "model" in e["codes"] else []))
+        for name, loc in locs:
+            if loc["nbytes"]:
+                out[name] = range(start + loc["offset"], start + loc["offset"] + loc["nbytes"])
+    total = packed.file_nbytes()
+    out["checksum"] = range(total - 32, total)
+    return out
+
+
+def assert_one_line_error(excinfo, name):
+    msg = str(excinfo.value)
+    assert "\n" not in msg and msg.startswith(str(name)), msg
+
+
+def refused(blob, f, allow_unverified=False):
+    f.write_bytes(blob)
+    with pytest.raises(ValueError) as ei:
+        S.load_packed(f, allow_unverified=allow_unverified)
+    assert_one_line_error(ei, f)
+    return str(ei.value)
+
+
+@pytest.mark.parametrize("coding", ["fixed", "ans"])
+def test_every_flipped_byte_is_refused_with_one_line(tmp_path, coding):
+    params, want, packed = small_packed(coding)
+    f = tmp_path / "m.prq"
+    S.save_packed(f, packed)
+    loaded, _ = S.load_packed(f)
+    assert S.trees_equal(loaded, want)  # float16 / bfloat16 leaves included
+    blob = f.read_bytes()
+    reg = regions(packed)
+    assert sum(len(r) for r in reg.values()) == len(blob)  # the classes tile the file
+    assert any(k.startswith("array:conv1_bn/moving_variance") for k in reg)
+    if coding == "ans":
+        assert any(k.startswith("model:") for k in reg)
+    seen = {}
+    for name, r in reg.items():
+        for pos in r:
+            for mask in (0x01, 0x80):  # low bit, and the sign bit of a little-endian float
+                bad = bytearray(blob)
+                bad[pos] ^= mask
+                msg = refused(bytes(bad), f)
+                seen.setdefault(name.split(":")[0], set()).add(msg.split(": ", 2)[1][:20])
+    assert {"magic", "header_length", "header_json", "checksum", "codebook", "codes",
+            "array"} <= set(seen)
+    assert "not a packed paper-repro model (bad" in next(iter(seen["magic"])) or seen["magic"]
+
+
+def reseal(header, data):
+    """A format-3 file with a valid checksum around any header: exercises the validation."""
+    return S.PackedModel(header=header, data=data).to_bytes()
+
+
+def test_header_fields_are_validated_even_with_a_valid_checksum(tmp_path):
+    import copy
+
+    _, want, packed = small_packed()
+    f = tmp_path / "m.prq"
+    leaves = packed.header["leaves"]
+    qi = next(i for i, e in enumerate(leaves) if e["kind"] == "quantized"
+              and e["granularity"] == "channel")
+    ai = next(i for i, e in enumerate(leaves) if e["kind"] == "array")
+
+    def edited(fn):
+        h = copy.deepcopy(packed.header)
+        fn(h)
+        return reseal(h, packed.data)
+
+    cases = {
+        "bits": lambda h: h["leaves"][qi].update(bits=28),
+        "bits 40": lambda h: h["leaves"][qi].update(bits=40),
+        "levels": lambda h: h["leaves"][qi].update(n_levels=31),
+        "channel axis": lambda h: h["leaves"][qi].update(channel_axis=7),
+        "channel axis -1": lambda h: h["leaves"][qi].update(channel_axis=-1),
+        "offset": lambda h: h["leaves"][ai].update(offset=-4),
+        "overlap": lambda h: h["leaves"][ai].update(offset=h["leaves"][ai]["offset"] - 4),
+        "size": lambda h: h["leaves"][ai].update(nbytes=h["leaves"][ai]["nbytes"] + 4),
+        "shape": lambda h: h["leaves"][ai].update(shape=[10**9, 10**9]),
+        "dtype": lambda h: h["leaves"][ai].update(dtype="float128"),
+        "raw bytes dtype": lambda h: h["leaves"][ai].update(dtype="<V2"),
+        "missing key": lambda h: h["leaves"][qi].pop("codebook"),
+        "missing codes bits": lambda h: h["leaves"][qi]["codes"].pop("bits"),
+        "scheme": lambda h: h["leaves"][qi].update(scheme="cubic"),
+        "form": lambda h: h["leaves"][qi]["codebook"].update(form="half"),
+        "coding": lambda h: h["leaves"][qi]["codes"].update(coding="zip"),
+        "bool": lambda h: h["leaves"][qi].update(bits=True),
+        "kind": lambda h: h["leaves"][ai].update(kind="tensor"),
+        "duplicate": lambda h: h["leaves"].append(h["leaves"][ai]),
+        "version": lambda h: h.update(format_version=4),
+        "leaves": lambda h: h.update(leaves={}),
+    }
+    for name, fn in cases.items():
+        msg = refused(edited(fn), f)
+        assert "corrupt packed model" in msg, (name, msg)
+    assert "bits=28 out of range" in refused(edited(cases["bits"]), f)
+    assert "newer than this package" in refused(edited(cases["version"]), f)
+    # extra bytes after the data, a header length past the end, a huge header length
+    assert "accounts for" in refused(reseal(packed.header, packed.data + b"\0" * 4), f)
+    body = bytearray(packed.to_bytes()[:-32])
+    body[8:12] = (2**31).to_bytes(4, "little")
+    assert "does not fit" in refused(bytes(body) + bytes(32), f)
+    # payload checks after the checksum: codes outside the codebook, non-zero padding bits
+    h = copy.deepcopy(packed.header)
+    e = h["leaves"][qi]
+    data = bytearray(packed.data)
+    c = e["codes"]
+    data[c["offset"]:c["offset"] + c["nbytes"]] = b"\xff" * c["nbytes"]  # code 15 of 15 levels
+    assert "outside the 15-level codebook" in refused(reseal(h, bytes(data)), f)
+
+
+def test_resealed_header_flips_decode_identically_or_are_refused(tmp_path):
+    """Every one-byte change of the header JSON behind a valid checksum either decodes to the
+    same arrays (a renamed key, r, meta) or is refused with one line; no other exception."""
+    _, want, packed = small_packed("ans")
+    raw = packed.header_bytes()
+    f = tmp_path / "m.prq"
+    leaf_bytes = lambda p: [S.decode_leaf(p, e).tobytes() for e in p.header["leaves"]]  # noqa
+    want_arrays = leaf_bytes(packed)
+    outcomes = {"refused": 0, "same": 0}
+    for pos in range(len(raw)):
+        for mask in (0x01, 0x04):
+            bad = bytearray(raw)
+            bad[pos] ^= mask
+            blob = (S.MAGIC + len(bad).to_bytes(4, "little") + bytes(bad) + packed.data)
+            f.write_bytes(blob + __import__("hashlib").sha256(blob).digest())
+            try:
+                S.load_packed(f)
+                got = S.read_packed(f)
+            except ValueError as err:
+                assert "\n" not in str(err) and str(err).startswith(str(f))
+                outcomes["refused"] += 1
+                continue
+            assert leaf_bytes(got) == want_arrays, (pos, raw[pos - 20:pos + 20])
+            outcomes["same"] += 1
+    assert outcomes["refused"] > 0.8 * 2 * len(raw)
+
+
+def test_empty_random_truncated_and_foreign_files_are_refused(tmp_path):
+    f = tmp_path / "x.prq"
+    assert "too short" in refused(b"", f) or True
+    with pytest.raises(ValueError, match="empty file"):
+        S.weights_kind(f)
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    assert "bad magic" in refused(noise, f)
+    with pytest.raises(ValueError, match="neither a packed model"):
+        S.weights_kind(f)
+    _, _, packed = small_packed()
+    blob = packed.to_bytes()
+    for cut in (5, 12, 40, len(blob) // 2, len(blob) - 1):
+        refused(blob[:cut], f)
+    f.write_bytes(blob[:1] + b"X" + blob[2:])
+    with pytest.raises(ValueError, match="damaged packed model"):
+        S.weights_kind(f)
+    f.write_bytes(blob)
+    assert S.weights_kind(f) == "packed"
+    h5 = tmp_path / "w.h5"
+    h5.write_bytes(S.HDF5_MAGIC + bytes(100))
+    assert S.weights_kind(h5) == "hdf5"
+    h5.write_bytes(bytes(512) + S.HDF5_MAGIC + bytes(100))  # after a user block
+    assert S.weights_kind(h5) == "hdf5"
+    with pytest.raises(FileNotFoundError):
+        S.weights_kind(tmp_path / "absent.h5")
+
+
+def legacy_bytes(packed):
+    """The same model as a format-2 file (no checksum, numpy dtype strings)."""
+    import copy
+
+    h = copy.deepcopy(packed.header)
+    h["format_version"] = 2
+    for e in h["leaves"]:
+        e["dtype"] = np.dtype(S._dtype_of(e["dtype"])).str
+        if e["kind"] == "quantized":
+            assert e["codes"].pop("coding") == "fixed"
+    raw = json.dumps(h, separators=(",", ":")).encode()
+    return S.LEGACY_MAGIC + len(raw).to_bytes(4, "little") + raw + packed.data
+
+
+def test_format_2_files_are_refused_unless_asked_then_checked(tmp_path):
+    params = keras_tree()
+    new, report = Q.quantize_tree(params, scheme="linear", bits=3, fit="max",
+                                  select=r"fc/kernel|conv1/kernel")
+    packed = S.pack_tree(params, report)
+    f = tmp_path / "old.prq"
+    f.write_bytes(legacy_bytes(packed))
+    msg = refused(f.read_bytes(), f)
+    assert "format 1-2" in msg and "allow_unverified" in msg
+    loaded, meta = S.load_packed(f, allow_unverified=True)
+    assert S.trees_equal(loaded, np_tree(new)) and meta["format_version"] == 2
+    assert S.sizes(S.read_packed(f, allow_unverified=True))["packed_bytes"] == f.stat().st_size
+    bad = bytearray(f.read_bytes())
+    bad[-len(packed.data) - 3] ^= 0x01  # inside the header JSON, near its end
+    refused(bytes(bad), f, allow_unverified=True)
+    assert "format 1-2" in refused(legacy_bytes(packed) + b"\0", f, allow_unverified=True)
+
+
+# --- float16 / bfloat16 ------------------------------------------------------------------------
+
+
+def test_float16_and_bfloat16_leaves_roundtrip_bit_exactly(tmp_path):
+    import ml_dtypes
+
+    rng = np.random.default_rng(2)
+    bf = ml_dtypes.bfloat16
+    params = {"a": {"kernel": rng.laplace(size=(3, 3, 4, 8)).astype(bf),
+                    "bias": rng.normal(size=8).astype(bf)},
+              "b": {"kernel": rng.laplace(size=(8, 6)).astype(np.float16),
+                    "bias": rng.normal(size=6).astype(np.float16),
+                    "steps": np.arange(3, dtype=np.int64)}}
+    new, report = Q.quantize_tree(params, scheme="linear", bits={"a/kernel": 3, "b/kernel": 6},
+                                  fit="max", granularity="channel")
+    for coding in ("fixed", "ans"):
+        S.save_packed(tmp_path / "h.prq", params, report, coding=coding)
+        loaded, _ = S.load_packed(tmp_path / "h.prq")
+        assert loaded["a"]["kernel"].dtype == bf and loaded["b"]["kernel"].dtype == np.float16
+        assert loaded["a"]["bias"].dtype == bf and loaded["b"]["steps"].dtype == np.int64
+        assert S.trees_equal(loaded, np_tree(new))  # quantize_tree's own casts, bit for bit
+        assert S.trees_equal({k: {v: loaded[k][v] for v in ("bias",)} for k in "ab"},
+                             {k: {"bias": params[k]["bias"]} for k in "ab"})
+    entry = S.read_packed(tmp_path / "h.prq").header["leaves"][0]
+    assert entry["dtype"] == "bfloat16"
+
+
+@st.composite
+def random_tree(draw):
+    """A small tree of float32/float16/bfloat16/int leaves, some quantized with hand-built
+    codebooks of random widths, forms and granularities (no fitting: any codebook is storable)."""
+    import ml_dtypes
+
+    seed = draw(st.integers(0, 2**32 - 1), label="seed")
+    rng = np.random.default_rng(seed)
+    n_leaves = draw(st.integers(1, 5), label="n_leaves")
+    params, report, want = {}, [], {}
+    for i in range(n_leaves):
+        dt = draw(st.sampled_from(["float32", "float16", "bfloat16", "int8", "uint16"]))
+        shape = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=3)))
+        dtype = np.dtype(ml_dtypes.bfloat16) if dt == "bfloat16" else np.dtype(dt)
+        arr = (rng.normal(size=shape) * 3).astype(dtype)
+        params[f"l{i}"] = {"w": arr}
+        want[f"l{i}"] = {"w": arr}
+        if dtype.kind == "i" or dtype.kind == "u" or not draw(st.booleans()):
+            continue
+        scheme = draw(st.sampled_from(["linear", "lloyd_max", "exponential", "sign"]))
+        lo = 2 if scheme in ("linear", "exponential") else 1
+        bits = 1 if scheme == "sign" else draw(st.integers(lo, 8), label="bits")
+        L = Q.n_levels(scheme, bits)
+        gran = draw(st.sampled_from(["tensor", "channel"]))
+        ax = draw(st.integers(0, len(shape) - 1))
+        books = 1 if gran == "tensor" else shape[ax]
+        if draw(st.booleans()):  # symmetric: stored as a half
+            half = np.sort(rng.uniform(0.01, 4, (books, L // 2)), axis=1).astype(np.float32)
+            levels = S._full_from_half(half, L)
+        else:
+            levels = np.sort(rng.normal(size=(books, L)), axis=1).astype(np.float32)
+        levels = levels[0] if gran == "tensor" else levels
+        q = hand_quantizer(levels, scheme=scheme, bits=bits, granularity=gran, channel_axis=ax)
+        codes = rng.integers(0, L, shape).astype(np.uint8)
+        if draw(st.booleans()):
+            codes[...] = codes.flat[0]  # a degenerate layer
+        report.append({"path": f"l{i}/w", "codes": codes, "quantizer": q})
+        canon = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+        want[f"l{i}"] = {"w": np_decode(codes, q).astype(canon)}
+    return params, report, want
+
+
+import jax  # noqa: E402  (used by the strategy above)
+
+
+@settings(max_examples=120, deadline=None)
+@given(random_tree(), st.sampled_from(["fixed", "ans"]), st.booleans())
+def test_pack_unpack_roundtrip_property(tree, coding, symmetric):
+    params, report, want = tree
+    packed = S.pack_tree(params, report, coding=coding, symmetric_codebook=symmetric)
+    blob = packed.to_bytes()
+    back = S.PackedModel.from_bytes(blob)
+    assert S.trees_equal(S.unpack_tree(back), want)
+    predicted = S.packed_nbytes(params, report, coding=coding, symmetric_codebook=symmetric)
+    assert json.dumps(predicted) == json.dumps(S.sizes(back))  # (NaN ratios of empty parts)
+    assert predicted["packed_bytes"] == len(blob)
+
+
+# --- one source of truth for storage cost --------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme,bits,granularity,kw", [
+    ("linear", 4, "tensor", dict(fit="max")),
+    ("linear", {"conv1/kernel": 2, "sep/pointwise_kernel": 7, "fc/kernel": 5}, "channel",
+     dict(fit="max")),
+    ("exponential", 5, "channel", dict(fit="max")),
+    ("exponential", 3, "tensor", dict(fit="max")),
+    ("pow2", 4, "channel", dict(fit="max")),
+    ("sign", 1, "tensor", dict(fit="corr")),
+    ("lloyd_max", 3, "channel", dict(fit="corr")),
+    ("lloyd_max", {"conv1/kernel": 2, "sep/pointwise_kernel": 4, "fc/kernel": 3}, "tensor",
+     dict(fit="corr")),
+])
+def test_predicted_sizes_equal_the_written_file(tmp_path, scheme, bits, granularity, kw):
+    from paper_repro.feedforward import repairs, sweep
+
+    params = keras_tree()
+    select = r"conv1/kernel|sep/pointwise_kernel|fc/kernel|conv_dw_1/depthwise_kernel"
+    if isinstance(bits, dict):
+        select = "|".join(bits)
+    _, report = Q.quantize_tree(params, scheme=scheme, bits=bits, granularity=granularity,
+                                select=select, **kw)
+    for coding in ("fixed", "ans"):
+        for symmetric in (True, False):
+            f = tmp_path / f"{coding}{symmetric}.prq"
+            s = S.save_packed(f, params, report, coding=coding, symmetric_codebook=symmetric)
+            pred = S.packed_nbytes(params, report, coding=coding, symmetric_codebook=symmetric)
+            assert pred["packed_bytes"] == f.stat().st_size == s["packed_bytes"]
+            assert pred == s
+            entries = {"/".join(e["keys"]): e for e in S.read_packed(f).header["leaves"]}
+            for r in report:
+                e, q = entries[r["path"]], r["quantizer"]
+                n_books = 1 if granularity == "tensor" else q.levels.shape[0]
+                spec = S.codebook_nbytes(scheme=scheme, bits=r["bits"], granularity=granularity,
+                                         n_channels=n_books, symmetric=symmetric)
+                assert spec == S.codebook_nbytes(q, symmetric=symmetric) == \
+                    e["codebook"]["nbytes"], r["path"]
+                code = e["codes"]["nbytes"] + e["codes"].get("model", {"nbytes": 0})["nbytes"]
+                assert S.codes_nbytes(r["size"], r["n_levels"], codes=r["codes"],
+                                      coding=coding) == code
+                assert S.layer_nbytes(q, codes=r["codes"], coding=coding,
+                                      symmetric=symmetric) == code + spec
+                if symmetric:
+                    assert 4 * repairs.codebook_floats(q) == spec
+    # the sweep tables and the bit allocator count what the file holds (header aside)
+    s = S.sizes(S.read_packed(tmp_path / "fixedTrue.prq"))
+    acc = sweep.storage_accounting(params, report)
+    assert acc["code_bytes"] == s["codes_bytes"] and acc["codebook_bytes"] == s["codebook_bytes"]
+    assert acc["quantized_bytes"] == s["packed_bytes"] - s["header_bytes"]
+    if not isinstance(bits, dict):
+        cfg = sweep.QuantConfig(scheme=scheme, fit=kw["fit"], bits=bits, granularity=granularity,
+                                select=select)
+        assert sweep.planned_compression(params, cfg) == pytest.approx(
+            acc["compression_ratio"], rel=1e-12)
+
+
+def test_codebook_nbytes_arguments():
+    assert S.codebook_nbytes(scheme="exponential", bits=4, granularity="channel",
+                             n_channels=10) == 80
+    assert S.codebook_nbytes(scheme="lloyd_max", bits=4) == 32  # 8 positive levels
+    assert S.codebook_nbytes(scheme="linear", bits=4, symmetric=False) == 60  # every level
+    with pytest.raises(ValueError, match="n_channels"):
+        S.codebook_nbytes(scheme="linear", bits=4, granularity="tensor", n_channels=3)
+    with pytest.raises(ValueError, match="out of range"):
+        S.codebook_nbytes(scheme="linear", bits=12)
+    with pytest.raises(ValueError, match="pass codes="):
+        S.codes_nbytes(10, 15, coding="ans")
+
+
+# --- entropy coding in the file -----------------------------------------------------------------
+
+
+def test_entropy_coding_is_smaller_exact_and_near_the_entropy(tmp_path):
+    rng = np.random.default_rng(4)
+    params = {"fc": {"kernel": rng.laplace(size=(256, 300)).astype(np.float32),
+                     "bias": np.zeros(300, np.float32)}}
+    new, report = Q.quantize_tree(params, scheme="linear", bits=5, fit="max")
+    fixed = S.save_packed(tmp_path / "f.prq", params, report)
+    ans = S.save_packed(tmp_path / "a.prq", params, report, coding="ans")
+    loaded, _ = S.load_packed(tmp_path / "a.prq")
+    assert S.trees_equal(loaded, np_tree(new))
+    H = S.code_entropy_bits(S.read_packed(tmp_path / "a.prq"))
+    assert H == pytest.approx(S.code_entropy_bits(S.read_packed(tmp_path / "f.prq")))
+    assert fixed["code_bits_per_weight"] == pytest.approx(5, abs=1e-4)
+    assert H < ans["code_bits_per_weight"] < H + 0.01  # model + stream within 0.01 bit of H
+    assert ans["ratio"] > fixed["ratio"] * 4.9 / (H + 0.1)
+    assert ans["entropy_coded_leaves"] == 1 and ans["code_model_bytes"] == 2 * 31
+    assert S.codes_nbytes(report[0]["size"], 31, codes=report[0]["codes"], coding="ans") == \
+        ans["codes_bytes"]
+
+
+# --- command line: damaged files -------------------------------------------------------------------
+
+
+def mobilenet_packed(tmp_path, capsys, *extra):
+    from paper_repro.feedforward import weights as W
+
+    params = S.synthetic_params("mobilenet", 0.25, seed=0)
+    h5 = W.save_h5(params, tmp_path / "mobilenet_2_5_224_tf.h5")
+    out = tmp_path / "m.prq"
+    assert cli.main(["pack", "--model", "mobilenet", "--alpha", "0.25", "--weights", str(h5),
+                     "--scheme", "sign", "--bits", "1", "--select",
+                     r"conv1/kernel|conv_preds/kernel", "--out", str(out), "--json",
+                     *extra]) == 0
+    return h5, out, json.loads(capsys.readouterr().out)
+
+
+def test_evaluate_and_unpack_refuse_damaged_files_in_one_line(tmp_path, capsys):
+    import time
+
+    h5, out, rep = mobilenet_packed(tmp_path, capsys, "--entropy-coding")
+    assert rep["meta"]["coding"] == "ans" and rep["roundtrip_exact"]
+    assert rep["code_bits_per_weight"] <= 1.01 and rep["code_entropy_bits"] <= 1
+    blob = bytearray(out.read_bytes())
+    blob[len(blob) // 2] ^= 0x10
+    bad = tmp_path / "corrupt.prq"
+    bad.write_bytes(bytes(blob))
+    junk = tmp_path / "junk.prq"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 999, np.uint8).tobytes())
+    empty = tmp_path / "empty.h5"
+    empty.write_bytes(b"")
+    for f, what in ((bad, "checksum mismatch"), (junk, "neither a packed model"),
+                    (empty, "empty file")):
+        t0 = time.perf_counter()
+        rc = cli.main(["evaluate", "--model", "mobilenet", "--alpha", "0.25", "--weights",
+                       str(f), "--data", str(tmp_path), "--json"])
+        cap = capsys.readouterr()
+        assert rc == 2 and cap.out == "", f
+        assert len(cap.err.strip().splitlines()) == 1 and what in cap.err, cap.err
+        assert "Traceback" not in cap.err and time.perf_counter() - t0 < 10
+    target = tmp_path / "deq.npz"
+    assert cli.main(["unpack", str(bad), "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "checksum mismatch" in err
+    assert not target.exists() and not list(tmp_path.glob(".deq*"))
+    assert cli.main(["unpack", str(junk)]) == 2
+    assert "bad magic" in capsys.readouterr().err
+    assert cli.main(["pack", "--model", "mobilenet", "--alpha", "0.25", "--weights", str(junk),
+                     "--scheme", "sign", "--bits", "1", "--out", str(tmp_path / "x.prq")]) == 2
+    assert "neither a packed model" in capsys.readouterr().err
+    # the intact file still unpacks, entropy-coded codes included
+    assert cli.main(["unpack", str(out), "--out", str(target)]) == 0
+    assert "ans" in capsys.readouterr().out
+    with np.load(target) as z:
+        assert S.trees_equal(S.load_packed(out)[0],
+                             S._build([(k.split("/"), z[k]) for k in z.files]))
+
+
+def test_pack_accepts_every_model_evaluate_accepts(tmp_path, capsys):
+    """digits_cnn packs from its embedded checkpoint; evaluate reads the packed file and scores
+    what on-the-fly quantization with the same settings scores."""
+    from paper_repro.feedforward import sweep
+
+    out = tmp_path / "d.prq"
+    assert cli.main(["pack", "--model", "digits_cnn", "--scheme", "linear", "--bits", "4",
+                     "--granularity", "channel", "--out", str(out), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["meta"]["model"] == "digits_cnn" and rep["roundtrip_exact"]
+    assert rep["n_quantized_leaves"] == 4
+    assert cli.main(["evaluate", "--model", "digits_cnn", "--weights", str(out), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["packed_file"] == "d.prq" and row["compression_ratio"] == rep["ratio"]
+    task = sweep.digits_task()
+    want, _ = sweep.evaluate_config(task, sweep.QuantConfig(scheme="linear", bits=4,
+                                                            granularity="channel"),
+                                    progress=False)
+    assert row["top1"] == want["top1"] and row["top5"] == want["top5"]
+    h5 = tmp_path / "w.h5"
+    h5.write_bytes(S.HDF5_MAGIC + bytes(64))
+    assert cli.main(["evaluate", "--model", "digits_cnn", "--weights", str(h5)]) == 2
+    assert "reads packed files" in capsys.readouterr().err
+
+
+# --- real MobileNet ----------------------------------------------------------------------------------
+
+
+@pytest.mark.shared_data
+def test_random_flips_of_a_packed_real_mobilenet_are_refused(shared_data, tmp_path):
+    from paper_repro.feedforward import weights as W
+
+    params = W.load("mobilenet", shared_data / "keras-weights" / "mobilenet_7_5_224_tf.h5",
+                    alpha=0.75)
+    assert sum(a.size for a in S.flatten(params).values()) == 2_601_976
+    report = []
+    for path, w in S.flatten(params).items():  # 4-bit linear per-channel codebooks, in NumPy
+        if not path.endswith("kernel"):
+            continue
+        ax = Q.default_channel_axis(path, w) % w.ndim
+        top = np.abs(np.moveaxis(w, ax, 0).reshape(w.shape[ax], -1)).max(1).astype(np.float32)
+        levels = S._full_from_half(Q.canonical_levels("linear", 4, top, xp=np), 15)
+        q = hand_quantizer(levels, scheme="linear", bits=4, granularity="channel",
+                           channel_axis=ax)
+        report.append({"path": path, "codes": np_encode(w, q), "quantizer": q})
+    rng = np.random.default_rng(0)
+    for coding in ("fixed", "ans"):
+        packed = S.pack_tree(params, report, coding=coding)
+        f = tmp_path / f"m_{coding}.prq"
+        S.save_packed(f, packed)
+        want = S.unpack_tree(packed)
+        assert S.trees_equal(S.load_packed(f)[0], want)
+        blob = f.read_bytes()
+        reg = regions(packed)
+        picks = list(rng.integers(0, len(blob), 150))
+        picks += [int(rng.choice(r)) for r in reg.values()]  # at least one in every region
+        for pos in picks:
+            bad = bytearray(blob)
+            bad[pos] ^= int(rng.integers(1, 256))
+            refused(bytes(bad), f)

@@ -43,16 +43,17 @@ parameter tree (a nested dict, e.g. ``{layer: {var: array}}``) in the tree's ord
 - quantized: ``{"keys": [...], "kind": "quantized", "shape", "dtype", "scheme", "bits",
   "n_levels", "granularity", "channel_axis", "r", "codebook": {"form": "params"|"half"|"full",
   "shape", "offset", "nbytes"}, "codes": {"bits", "coding": "fixed"|"ans", "offset", "nbytes"
-  [, "model": {"offset", "nbytes"}]}}``. The codebook is float32 ``levels: (L,)`` per tensor
-  or ``(C, L)`` per channel, stored in the smallest form that rebuilds it bit for bit:
+  [, "count", "model": {"offset", "nbytes"}]}}``. The codebook is float32 ``levels: (L,)``
+  per tensor or ``(C, L)`` per channel, stored in the smallest form that rebuilds it bit for bit:
   ``"params"`` keeps each codebook's top level (and base ``a`` for exponential levels),
   ``(n_books, 1 or 2)``, the levels being :func:`paper_repro.core.quantize.canonical_levels`
   (exact float32 arithmetic); ``"half"`` keeps the positive levels ``p: (..., L // 2)``, the
   full set being ``-p[::-1], (0 if L is odd), p`` (Lloyd-Max); ``"full"`` keeps every level.
   Codes follow the array's own (C-order) layout; ``channel_axis`` says which axis indexes
   the codebook rows. ``"fixed"`` codes are bit-packed at ``bits = ceil(log2 L)``; ``"ans"``
-  codes are a stream of little-endian uint32 words after a ``model`` blob of ``L`` uint16
-  weights (:mod:`paper_repro.core.entropy`). Blob order: codebook, model, codes.
+  codes (with ``"count"``, the number of codes, repeated as a check on ``shape``) are a
+  stream of little-endian uint32 words after a ``model`` blob of ``L`` uint16 weights
+  (:mod:`paper_repro.core.entropy`). Blob order: codebook, model, codes.
 - kept in float: ``{"keys", "kind": "array", "shape", "dtype", "offset", "nbytes"}``, the raw
   C-order little-endian bytes of the array as it was (biases, batch-norm statistics,
   unselected leaves). ``dtype`` is a name: bool, (u)int8..64, float16, bfloat16, float32,
@@ -633,6 +634,8 @@ def _validate(header: dict, data_len: int, *, versions: Sequence[int]) -> None:
         if coding == "fixed":
             end = _loc(codes, cw, end, packed_size(n, code_bits(L)))
         elif coding == "ans":
+            if _int(codes, "count", cw, 0) != n:  # a stream's length does not bound its count
+                raise _Corrupt(f"{cw}: {codes['count']} entropy-coded codes for shape {shape}")
             end = _loc(_get(codes, "model", cw, dict), f"{cw} model", end,
                        L * entropy.MODEL_DTYPE.itemsize)
             end = _loc(codes, cw, end, None)
@@ -742,7 +745,8 @@ def _layout(params, report: Sequence[Mapping], *, meta, symmetric_codebook: bool
             w = entropy.model_weights(codes, L)
             stream = entropy.encode(codes, w)
             model = put(w.tobytes(), w.nbytes)
-            code = {"bits": b, "coding": "ans", **put(stream, len(stream)), "model": model}
+            code = {"bits": b, "coding": "ans", "count": int(codes.size),
+                    **put(stream, len(stream)), "model": model}
             if not write and w.nbytes + len(stream) != codes_nbytes(codes.size, L, codes=codes,
                                                                     coding="ans"):
                 raise AssertionError("entropy-coded size disagrees with codes_nbytes")
