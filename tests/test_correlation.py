@@ -1,4 +1,4 @@
-"""Correlation analysis: the reference table of SCIENCE.md section 2, Sheppard, Monte-Carlo."""
+"""Correlation analysis: the reference table of docs/theory.md, section 2, Sheppard, Monte-Carlo."""
 
 import jax
 import numpy as np
@@ -8,7 +8,7 @@ from paper_repro.core import correlation as C
 from paper_repro.core import quantize as Q
 from paper_repro.experiments.quantizers import REFERENCE_R
 
-# SCIENCE.md section 2, "Reference correlations" (unit variance, optimal parameters).
+# docs/theory.md, section 2, "Reference correlations" (unit variance, optimal parameters).
 REFERENCE = REFERENCE_R
 
 

@@ -95,7 +95,7 @@ def test_mobilenet_sample_quantized(shared_data):
     row, res = E.evaluate_config(task, E.QuantConfig(scheme="linear", bits=8, fit="max"),
                                  float_result=f, limit=200, progress=False)
     assert res.n_images == 200 and f.top1 > 0.7
-    # 8-bit linear per tensor stays close to float (SCIENCE/issue table: 76.8 vs 78.1 on 1300)
+    # 8-bit linear per tensor stays close to float (README table: 76.8 vs 78.1 on 1300)
     assert row["top1_drop"] < 5.0
     assert 3.5 < row["compression_ratio"] < 4.0
 

@@ -67,7 +67,7 @@ def test_r_table_rows_and_order(synthetic, rows):
             # judged on the sample: 1e-3)
             assert sel[(p, s, "corr", g, b)] >= r - 1e-3, p
     lap = ("laplace_dense/kernel", "tensor", 4)
-    # Laplace-like layer at 4 bits: exponential beats linear (SCIENCE.md 2: 0.9902 vs 0.9862
+    # Laplace-like layer at 4 bits: exponential beats linear (docs/theory.md §2: 0.9902 vs 0.9862
     # on the density; the log-normal channel scales fatten the tails further).
     assert sel[(lap[0], "exponential", "corr", *lap[1:])] > sel[(lap[0], "linear", "corr",
                                                                  *lap[1:])]

@@ -1,4 +1,4 @@
-"""Hopfield simulation: couplings, dynamics invariants, measurements (SCIENCE.md §3)."""
+"""Hopfield simulation: couplings, dynamics invariants, measurements (docs/theory.md §3)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Replica-symmetric capacity with static coupling noise (SCIENCE.md §3)."""
+"""Replica-symmetric capacity with static coupling noise (docs/theory.md §3)."""
 
 import math
 
@@ -26,7 +26,7 @@ def test_sign_capacity():
 @pytest.mark.parametrize("r2, expected", [(0.8098, 0.1197), (0.8825, 0.1268),
                                           (0.9655, 0.1347), (0.9905, 0.1370)])
 def test_table_capacities(r2, expected):
-    # SCIENCE.md table values are quoted to 4 decimals.
+    # docs/theory.md table values are quoted to 4 decimals.
     assert abs(float(ht.capacity(math.sqrt(r2))) - expected) < 2e-4
 
 
@@ -66,7 +66,7 @@ def test_overlap_curve_shape_and_decreasing():
 
 
 def test_gaussian_r_matches_science_table():
-    # SCIENCE.md section 2 reference correlations (Gaussian), quoted to 4 decimals;
+    # docs/theory.md, section 2 reference correlations (Gaussian), quoted to 4 decimals;
     # the fit's grid search is float32 and reproduces them to ~2e-4.
     assert abs(ht.gaussian_r("sign", 1)[0] - 0.7979) < 2e-4
     assert abs(ht.gaussian_r("linear", 2)[0] - 0.8999) < 2e-4

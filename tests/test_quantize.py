@@ -101,14 +101,14 @@ def test_error_falls_4x_per_bit_linear():
 def test_pow2_saturates_and_exponential_base_grows():
     w = laplace(4, (100_000,))
     r_pow2 = [float(C.sample_r(w, Q.quantize(w, scheme="pow2", bits=b)[0])) for b in (4, 6, 8)]
-    assert max(r_pow2) - min(r_pow2) < 0.002  # SCIENCE.md: r^2 ~ 0.962 from 4 bits on
+    assert max(r_pow2) - min(r_pow2) < 0.002  # docs/theory.md: r^2 ~ 0.962 from 4 bits on
     assert 0.955 < r_pow2[-1] ** 2 < 0.97
     a = [float(Q.fit(w, scheme="exponential", bits=b).params["a"]) for b in (3, 5, 7)]
     assert a[0] < a[1] < a[2] < 1.0
 
 
 def test_max_anchored_exponential_gains_bits():
-    # SCIENCE.md: top level pinned at max|w|, exponential at b bits ~ linear at b+1..b+2.
+    # docs/theory.md: top level pinned at max|w|, exponential at b bits ~ linear at b+1..b+2.
     w = laplace(5, (1_000_000,))
     r = {(s, b): float(C.sample_r(w, Q.quantize(w, scheme=s, bits=b, fit="max")[0]))
          for s in ("linear", "exponential") for b in (3, 4, 5)}

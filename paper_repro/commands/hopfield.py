@@ -1,4 +1,4 @@
-"""``paper-repro hopfield``: Hopfield networks with quantized couplings (SCIENCE.md section 3).
+"""``paper-repro hopfield``: Hopfield networks with quantized couplings (docs/theory.md, section 3).
 
   paper-repro hopfield theory [--json]        capacities from replica-symmetric theory
   paper-repro hopfield figures [--smoke]      recompute/redraw all figures in results/hopfield/

@@ -1,4 +1,4 @@
-"""Statistics for accuracies measured on a finite set of images (SCIENCE.md sections 1 and 4).
+"""Statistics for accuracies measured on a finite set of images (docs/theory.md, sections 1 and 4).
 
 The papers report top-1 / top-5 accuracies of a float network and of its quantized copies on
 the same validation images. Two kinds of uncertainty matter here:

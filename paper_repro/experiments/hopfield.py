@@ -1,4 +1,4 @@
-"""Hopfield experiments: one compute function per figure, arrays out (SCIENCE.md §3).
+"""Hopfield experiments: one compute function per figure, arrays out (docs/theory.md §3).
 
 Every ``compute_*`` takes a JSON-able config (see :func:`configs`) and returns a dict of
 numpy arrays; :func:`run` wraps it in ``results.run_or_load`` so a figure is recomputed only
@@ -460,9 +460,9 @@ def compute_field_agreement(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
             "sheppard_curve": np.asarray(correlation.sheppard(jnp.asarray(r_curve)))}
 
 
-# --- summaries against SCIENCE.md section 3 -------------------------------------------------
+# --- summaries against docs/theory.md, section 3 -------------------------------------------------
 
-#: Reference retrieval overlaps at N = 2000 (SCIENCE.md section 3): alpha -> spec label -> m.
+#: Reference retrieval overlaps at N = 2000 (docs/theory.md, section 3): alpha -> spec label -> m.
 REFERENCE_OVERLAPS = {
     0.10: {"float": 0.998, "sign": 0.982, "linear-2 corr": 0.993, "linear-3 corr": 0.998,
            "exponential-3 corr": 0.998, "linear-4 corr": 0.998},
@@ -477,7 +477,7 @@ REFERENCE_OVERLAPS = {
 
 def overlap_summary(d: Mapping[str, np.ndarray]) -> list[dict]:
     """Rows ``{alpha, coupling, m_ours, m_ours_se, m_reference}`` from figure 2's arrays for
-    the loads and couplings of the SCIENCE.md reference table (ours: mean over seeds and
+    the loads and couplings of the docs/theory.md reference table (ours: mean over seeds and
     probes; se: standard error over seeds)."""
     labels = [str(x) for x in d["labels"]]
     alphas = np.asarray(d["alpha"])

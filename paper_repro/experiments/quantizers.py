@@ -1,4 +1,4 @@
-"""Compute the quantizer figure's data (SCIENCE.md section 2): arrays in, no plotting.
+"""Compute the quantizer figure's data (docs/theory.md, section 2): arrays in, no plotting.
 
 :func:`quantizer_curves` gives, for Gaussian and Laplace weights and each scheme,
 
@@ -74,7 +74,7 @@ def quantizer_curves(config: dict) -> dict[str, np.ndarray]:
     return res
 
 
-# SCIENCE.md section 2, "Reference correlations" (unit-variance densities, optimal parameters).
+# docs/theory.md, section 2, "Reference correlations" (unit-variance densities, optimal parameters).
 REFERENCE_R = {
     ("gaussian", "linear"): {2: 0.8999, 3: 0.9763, 4: 0.9935, 5: 0.9982},
     ("gaussian", "exponential"): {2: 0.8999, 3: 0.9768, 4: 0.9935, 5: 0.9981},

@@ -1,6 +1,6 @@
-"""What users would reach for instead: uniform int4/int8 weight quantization from qwix (SCIENCE.md 4).
+"""What users would reach for instead: uniform int4/int8 weight quantization from qwix (docs/theory.md §4).
 
-SCIENCE.md section 4: no JAX library offers correlation-chosen exponential levels; the
+docs/theory.md, section 4: no JAX library offers correlation-chosen exponential levels; the
 closest off-the-shelf choice is symmetric per-channel integer quantization. This module runs
 **qwix 0.1.8** (``pip install qwix==0.1.8``, imported lazily) on the same kernels our
 quantizers see and compares correlation and accuracy side by side.

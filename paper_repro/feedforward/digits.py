@@ -1,6 +1,6 @@
 """The embedded default model: a small CNN on scikit-learn's 8x8 handwritten digits.
 
-A stand-in for the ImageNet networks of SCIENCE.md section 1 that needs no download: the
+A stand-in for the ImageNet networks of docs/theory.md, section 1 that needs no download: the
 same post-training pipeline (fit levels to each ``kernel``, dequantize, evaluate top-1 /
 top-5 with :func:`paper_repro.feedforward.imagenet.evaluate`) runs on it in seconds on a CPU, so
 examples, notebooks and tests exercise the whole path without ImageNet.
@@ -12,7 +12,7 @@ examples, notebooks and tests exercise the whole path without ImageNet.
   - ReLU - dense (10) logits. Parameters are a nested dict with Keras-like layer names,
   ``{'conv1': {'kernel', 'bias'}, 'conv2': ..., 'fc1': ..., 'dense': ...}``, so the
   quantizer's default ``select=r".*kernel"`` picks the four weight matrices and leaves the
-  biases in float (SCIENCE.md unknown 7, default scope).
+  biases in float (docs/theory.md, unknown 7, default scope).
 - Training (:func:`train`): Adam, minibatches shuffled by keys derived from one seed;
   deterministic on a given platform. A checkpoint trained with the default
   :class:`TrainConfig` ships as ``data/digits_cnn.npz``; :func:`load_or_train` loads it

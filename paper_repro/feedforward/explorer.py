@@ -1,6 +1,6 @@
-"""Correlation explorer: per-layer statistics and r = corr(w, Q(w)) of any model (SCIENCE.md 2).
+"""Correlation explorer: per-layer statistics and r = corr(w, Q(w)) of any model (docs/theory.md §2).
 
-SCIENCE.md section 2: a layer quantized with correlation ``r`` adds relative output noise
+docs/theory.md, section 2: a layer quantized with correlation ``r`` adds relative output noise
 ``(1 - r^2) / r^2``; heavy tails (large kurtosis, large ``max|w| / std``) are what make
 exponential levels pay off, since a linear grid pinned at ``max|w|`` wastes its levels on the
 few large weights. This module turns a model into arrays and rows for the plots of
@@ -301,7 +301,7 @@ def r_table(params, *, schemes: Sequence[str] = ("linear", "exponential"),
     """r per layer vs bits for every scheme, fit and granularity: one row per combination.
 
     Columns: ``index, path, kind, size, scheme, fit, granularity, bits, n_levels, r,
-    noise`` (= ``(1 - r^2) / r^2``, the layer's relative output noise, SCIENCE.md 2),
+    noise`` (= ``(1 - r^2) / r^2``, the layer's relative output noise, docs/theory.md §2),
     ``zero_fraction``. Combinations a scheme refuses (``lloyd_max`` with ``fit="max"``, zero
     levels at 1 bit) are skipped. Moments are computed once per layer and granularity.
     """

@@ -1,7 +1,7 @@
 """ImageNet validation data: sources, preprocessing, a decode-once cache, batched evaluation.
 
 The papers measure top-1 / top-5 accuracy of Keras-applications networks on the ILSVRC-2012
-validation set (SCIENCE.md section 1, unknown 9: evaluation protocol; section 4: anchors).
+validation set (docs/theory.md, section 1, unknown 9: evaluation protocol; section 4: anchors).
 This module turns any copy of those images into numbers, in four steps:
 
 1. **Source** (:class:`Source`): which images, in which order, with which labels. One class

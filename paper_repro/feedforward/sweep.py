@@ -1,6 +1,6 @@
-"""The feedforward act: quantize a trained classifier's kernels, evaluate, sweep (SCIENCE.md 1, 4).
+"""The feedforward act: quantize a trained classifier's kernels, evaluate, sweep (docs/theory.md §1, 4).
 
-One configuration = (scheme, fit, bits, granularity, and the other unknowns of SCIENCE.md
+One configuration = (scheme, fit, bits, granularity, and the other unknowns of docs/theory.md
 section 1 as options). :func:`evaluate_config` quantizes the selected kernels of a model with
 :func:`paper_repro.core.quantize.quantize_tree` (never retraining), evaluates top-1/top-5 on the
 same images as the float model, and returns one row: accuracies with Wilson intervals, the
@@ -32,7 +32,7 @@ from paper_repro.core import storage
 from paper_repro.core import quantize as Q
 from paper_repro.results import ResultsTable
 
-# SCIENCE.md section 1: the papers' top-5 (%) per model and bits, exponential levels.
+# docs/theory.md, section 1: the papers' top-5 (%) per model and bits, exponential levels.
 PAPER_TOP5 = {
     "vgg16": {"P1": {3: 69.0}, "P2": {3: 76.0}},
     "resnet50": {"P1": {4: 84.0}, "P2": {4: 79.0}},
@@ -73,7 +73,7 @@ class QuantConfig:
 
     Fields map to :func:`paper_repro.core.quantize.quantize_tree` / :func:`~paper_repro.core.quantize.fit`;
     ``keep_float`` lists path regexes left in float (e.g. the first conv and the classifier,
-    SCIENCE.md unknown 7).
+    docs/theory.md, unknown 7).
     """
 
     scheme: str | None = None
@@ -255,7 +255,7 @@ def quantize_params(params, cfg: QuantConfig):
 
 def correlation_summary(report: list[dict]) -> dict:
     """Network-level summaries of the per-layer r: size-weighted mean, min, and the predicted
-    relative output noise ``sum over layers (1 - r^2) / r^2`` (SCIENCE.md section 2)."""
+    relative output noise ``sum over layers (1 - r^2) / r^2`` (docs/theory.md, section 2)."""
     if not report:
         return {"r_mean": 1.0, "r_min": 1.0, "noise_sum": 0.0, "zero_fraction": 0.0}
     r = np.array([row["r"] for row in report])

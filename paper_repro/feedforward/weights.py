@@ -1,6 +1,6 @@
 """Keras-applications ``.h5`` weight files: read, match to a model, write, download.
 
-SCIENCE.md section 1: the papers quantize the official Keras-applications ImageNet weights.
+docs/theory.md, section 1: the papers quantize the official Keras-applications ImageNet weights.
 These are legacy Keras ``.h5`` files:
 
 - Keras 2 layout: root attribute ``layer_names``; one group per layer with attribute

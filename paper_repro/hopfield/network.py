@@ -1,4 +1,4 @@
-"""Hopfield networks with Hebbian and quantized couplings: simulation (SCIENCE.md §3).
+"""Hopfield networks with Hebbian and quantized couplings: simulation (docs/theory.md §3).
 
 Patterns ``xi`` in {±1}^(M x N), load ``alpha = M / N``, Hebbian couplings
 ``T = xi^T xi`` with zero diagonal. The quantized network uses ``Q(T)``: the off-diagonal

@@ -1,4 +1,4 @@
-"""Replica-symmetric T = 0 theory of Hopfield networks with quantized couplings (SCIENCE.md §3).
+"""Replica-symmetric T = 0 theory of Hopfield networks with quantized couplings (docs/theory.md §3).
 
 A quantized Hebbian matrix is written ``Q(T) = a T + eta``: a Hebbian network plus static
 Gaussian coupling noise of relative variance ``delta^2 = 1/r^2 - 1`` where ``r = corr(T, Q(T))``

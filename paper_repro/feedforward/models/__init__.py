@@ -1,4 +1,4 @@
-"""Flax ports of the Keras-applications ImageNet CNNs (SCIENCE.md section 1).
+"""Flax ports of the Keras-applications ImageNet CNNs (docs/theory.md, section 1).
 
 One module per family (:mod:`.vgg`, :mod:`.resnet`, :mod:`.xception`, :mod:`.inception`,
 :mod:`.mobilenet`), Keras-exact layers in :mod:`.layers`, and the registry

@@ -1,4 +1,4 @@
-"""InceptionV3, exact to ``keras.applications.inception_v3`` (SCIENCE.md section 1; 'tf', 299).
+"""InceptionV3, exact to ``keras.applications.inception_v3`` (docs/theory.md, section 1; 'tf', 299).
 
 Every convolution is ``Conv2D(use_bias=False)`` + ``BatchNormalization(scale=False)``
 (epsilon 1e-3; no ``gamma``) + ReLU. Keras leaves these layers unnamed; here they carry the

@@ -1,4 +1,4 @@
-"""Keras-exact inference layers as small Flax (linen) modules (SCIENCE.md section 1).
+"""Keras-exact inference layers as small Flax (linen) modules (docs/theory.md, section 1).
 
 Each module owns the variables of one Keras layer, under the Keras variable names and in
 the Keras tensor layouts, so that a model's params are a plain nested dict

@@ -1,5 +1,5 @@
 """MobileNet (v1) and MobileNetV2, exact to ``keras.applications.mobilenet`` and
-``keras.applications.mobilenet_v2`` (SCIENCE.md section 1; 'tf' preprocessing, 224x224).
+``keras.applications.mobilenet_v2`` (docs/theory.md, section 1; 'tf' preprocessing, 224x224).
 
 Batch norm epsilon 1e-3, ReLU6, bias-free convolutions. Strided depthwise convolutions use an
 explicit ``ZeroPadding2D`` then ``"valid"`` as Keras does (v1: always ``((0, 1), (0, 1))``;

@@ -1,4 +1,4 @@
-"""Registry of the Keras-applications ImageNet models (SCIENCE.md section 1).
+"""Registry of the Keras-applications ImageNet models (docs/theory.md, section 1).
 
 ``get(name, alpha=None, ...)`` returns a :class:`ModelSpec`: the Flax module, the input size,
 the Keras preprocessing mode and the official weight file (name, URL, checksum).

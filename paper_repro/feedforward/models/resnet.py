@@ -1,4 +1,4 @@
-"""ResNet50 (v1), exact to ``keras.applications.resnet`` (SCIENCE.md section 1; 'caffe').
+"""ResNet50 (v1), exact to ``keras.applications.resnet`` (docs/theory.md, section 1; 'caffe').
 
 Batch norm epsilon 1.001e-5; convolutions with bias; the stride of a stage's first block is on
 its first 1x1 convolution (the Keras/Caffe v1 variant).

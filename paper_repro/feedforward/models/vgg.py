@@ -1,4 +1,4 @@
-"""VGG16, exact to ``keras.applications.vgg16`` (SCIENCE.md section 1; 'caffe' preprocessing)."""
+"""VGG16, exact to ``keras.applications.vgg16`` (docs/theory.md, section 1; 'caffe' preprocessing)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Xception, exact to ``keras.applications.xception`` (SCIENCE.md section 1; 'tf', 299x299).
+"""Xception, exact to ``keras.applications.xception`` (docs/theory.md, section 1; 'tf', 299x299).
 
 Batch norm epsilon 1e-3 (Keras default). Keras leaves the four strided 1x1 shortcut
 convolutions and their batch norms unnamed; here they carry the names Keras 2 gave them in
