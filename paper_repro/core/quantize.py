@@ -1,7 +1,7 @@
-"""Post-training weight quantization: level sets, fitting, nearest-level coding (SCIENCE.md 1-2).
+"""Post-training weight quantization: level sets, fitting, nearest-level coding (docs/theory.md §1-2).
 
 A quantizer maps every weight to the nearest of a few *levels*. The families (``scheme=``)
-follow the papers' unknowns (SCIENCE.md section 1, items 1-4), for ``b`` bits including sign:
+follow the papers' unknowns (docs/theory.md, section 1, items 1-4), for ``b`` bits including sign:
 
 =====================  ===========================================  ===========
 scheme                 levels                                        count
