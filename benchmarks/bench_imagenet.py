@@ -7,9 +7,9 @@
    decode-once cache, against the same sweep decoding every JPEG for every configuration.
    Target: ratio >= 5.
 
-Uses the real MobileNet and images from ``$PAPER_REPRO_SHARED_DATA`` (default
-``../shared/data``); without them, random weights and synthetic JPEGs written to a temp
-folder. Run: ``python benchmarks/bench_imagenet.py [--n 300]``.
+Uses the real MobileNet and images from ``$PAPER_REPRO_SHARED_DATA`` (else the folder
+``paper-repro data fetch`` fills); without them, random weights and synthetic JPEGs written
+to a temp folder. Run: ``python benchmarks/bench_imagenet.py [--n 300]``.
 """
 
 from __future__ import annotations
