@@ -4,13 +4,17 @@ Codes: 4.2M random codes (MobileNet 1.0's weight count) at 1..8 bits. Baseline m
 the same run: a plain copy of the same uint8 codes (one read and one write pass). Then a
 whole-model round trip: a Laplace tree of MobileNet 0.75's shapes, 5-bit per-channel
 codebooks (hand-built, no fitting), :func:`paper_repro.core.storage.save_packed` and
-:func:`~paper_repro.core.storage.load_packed`, against ``np.savez``/``np.load`` of the float32 tree.
+:func:`~paper_repro.core.storage.load_packed` (checksum and header checks included), with
+bit-packed and with entropy-coded codes, against ``np.savez``/``np.load`` of the float32 tree;
+and the checksum alone (SHA-256 of the file).
 
-Run: ``python benchmarks/bench_storage.py``. Target: pack and unpack within ~20x a copy.
+Run: ``python benchmarks/bench_storage.py``. Target: pack and unpack within ~20x a copy; a
+load within a few times the float32 npz load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 from pathlib import Path
@@ -57,11 +61,13 @@ def main() -> None:
         q = Q.Quantizer(levels=levels, thresholds=levels[:, 1:], params={}, scheme="exponential",
                         bits=5, granularity="channel", channel_axis=ax)
         report.append({"path": path, "codes": codes, "quantizer": q})
+    # Laplace-distributed codes around the middle level, like a fitted quantizer's
+    for r in report:
+        r["codes"] = np.clip(np.round(rng.laplace(scale=3, size=r["codes"].shape)) + 15, 0,
+                             30).astype(np.uint8)
+    flat = S.flatten(params)
     with tempfile.TemporaryDirectory() as tmp:
-        f, g = Path(tmp) / "m.prq", Path(tmp) / "m.npz"
-        ts = best_of(lambda: S.save_packed(f, params, report), 3)
-        tl = best_of(lambda: S.load_packed(f), 3)
-        flat = S.flatten(params)
+        g = Path(tmp) / "m.npz"
         tfs = best_of(lambda: np.savez(g, **flat), 3)
 
         def load_npz():
@@ -69,10 +75,18 @@ def main() -> None:
                 return {k: z[k] for k in z.files}
 
         tfl = best_of(load_npz, 3)
-        print(f"MobileNet 0.75, 5-bit per channel: save {1e3 * ts:.0f} ms, load {1e3 * tl:.0f} ms;"
-              f" float32 npz save {1e3 * tfs:.0f} ms, load {1e3 * tfl:.0f} ms; "
-              f"load ratio {tl / tfl:.1f}x; sizes {f.stat().st_size:,d} vs {g.stat().st_size:,d}"
-              f" bytes")
+        print(f"MobileNet 0.75 float32 npz: save {1e3 * tfs:.0f} ms, load {1e3 * tfl:.0f} ms, "
+              f"{g.stat().st_size:,d} bytes")
+        for coding in ("fixed", "ans"):
+            f = Path(tmp) / f"m_{coding}.prq"
+            ts = best_of(lambda c=coding, f=f: S.save_packed(f, params, report, coding=c), 3)
+            tl = best_of(lambda f=f: S.load_packed(f), 3)
+            blob = f.read_bytes()
+            th = best_of(lambda b=blob: hashlib.sha256(b).digest(), 5)
+            s = S.sizes(S.read_packed(f))
+            print(f"  5-bit per channel, {coding:>5}: save {1e3 * ts:.0f} ms, load {1e3 * tl:.0f} ms"
+                  f" (checksum {1e3 * th:.1f} ms); load ratio {tl / tfl:.1f}x; "
+                  f"{s['packed_bytes']:,d} bytes, {s['code_bits_per_weight']:.3f} bits/weight")
 
 
 if __name__ == "__main__":

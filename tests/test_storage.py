@@ -797,3 +797,25 @@ def test_random_flips_of_a_packed_real_mobilenet_are_refused(shared_data, tmp_pa
             bad = bytearray(blob)
             bad[pos] ^= int(rng.integers(1, 256))
             refused(bytes(bad), f)
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+
+    packed = S.pack_tree(keras_tree(), [])
+    old = os.umask(0o022)
+    try:
+        S.save_packed(tmp_path / "m.prq", packed)
+        assert cli.main(["unpack", str(tmp_path / "m.prq"), "--out", str(tmp_path / "d.npz")]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.prq").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d.npz").stat().st_mode & 0o777 == 0o644
+
+
+def test_unpack_refuses_to_write_bfloat16_as_raw_bytes(tmp_path, capsys):
+    _, _, packed = small_packed()
+    S.save_packed(tmp_path / "m.prq", packed)
+    for out in ("d.npz", "d.h5"):
+        assert cli.main(["unpack", str(tmp_path / "m.prq"), "--out", str(tmp_path / out)]) == 2
+        assert "bfloat16" in capsys.readouterr().err and not (tmp_path / out).exists()

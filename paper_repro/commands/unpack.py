@@ -61,6 +61,7 @@ def _write(params: dict, out: Path) -> None:
             W.save_h5(params, tmp)
         else:
             np.savez(tmp, **flat)
+        os.chmod(tmp, storage.file_mode())
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):

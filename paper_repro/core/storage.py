@@ -894,6 +894,7 @@ def save_packed(path: str | os.PathLike, params, report: Sequence[Mapping] | Non
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(packed.to_bytes())
+        os.chmod(tmp, file_mode())  # mkstemp's 0600 would make the file private
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -905,6 +906,13 @@ def save_packed(path: str | os.PathLike, params, report: Sequence[Mapping] | Non
         raise RuntimeError(f"{path} has {on_disk} bytes, the accounting says "
                            f"{out['packed_bytes']}")
     return out
+
+
+def file_mode() -> int:
+    """Permissions of a newly created file under the current umask (``0o666 & ~umask``)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def is_packed(path: str | os.PathLike) -> bool:
