@@ -13,6 +13,13 @@ Examples::
 selected kernels are quantized (no retraining), and the drop vs float on the same images is
 reported with a bootstrap interval and McNemar's test. ``--model digits_cnn`` runs the
 embedded digits CNN (no weights or data needed; ``--weights`` may name its packed file).
+``--model path/to/model.onnx`` runs an ONNX image classifier (the file holds the weights;
+``--weights`` may name a ``.prq`` packed from that file) with ``--preprocess torch|tf|caffe``;
+its input size comes from the graph (see :mod:`paper_repro.feedforward.onnx_task`)::
+
+  paper-repro evaluate --model shufflenet_v2_x0_5_fp16.onnx --preprocess torch \\
+      --data imagenet-val-1300/images --labels imagenet-val-1300/labels.txt --policy crop --json
+
 The data-free repairs (``--bias-correction``, ``--mean-preserving``, ``--fold-bn``,
 ``--equalize``, ``--avg-bits``) are described in :mod:`paper_repro.feedforward.repairs`, e.g.::
 
@@ -26,6 +33,7 @@ import argparse
 import json
 
 from paper_repro.core import quantize as Q
+from paper_repro.feedforward import imagenet, onnx_task
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -33,7 +41,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="vgg16, resnet50, xception, inception_v3, mobilenet_v2, mobilenet, "
-                        "or digits_cnn (embedded)")
+                        "digits_cnn (embedded), or path/to/model.onnx")
     p.add_argument("--alpha", type=float, default=None, help="MobileNet width multiplier")
     p.add_argument("--weights", help="Keras .h5 weight file, or a packed .prq file from "
                                      "`paper-repro pack` (evaluated as stored)")
@@ -42,6 +50,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--policy", default="resize",
                    help="'resize' (shorter side 256/342, centre crop; default), 'resize<N>', "
                         "or 'crop' (centre crop, no resize)")
+    p.add_argument("--preprocess", choices=imagenet.PREPROCESS_MODES, default=None,
+                   help="ONNX models only: torch (RGB /255, ImageNet mean/std), tf (x/127.5-1) "
+                        "or caffe (BGR minus ImageNet means)")
     p.add_argument("--scheme", choices=Q.SCHEMES, default=None, help="quantize (default: float)")
     p.add_argument("--fit", choices=Q.FITS, default="corr")
     p.add_argument("--bits", type=int, default=None)
@@ -78,7 +89,10 @@ def run(args) -> int:
     if args.scheme is not None and args.bits is None and args.avg_bits is None:
         raise ValueError("--scheme needs --bits (or --avg-bits)")
     progress = not (args.no_progress or args.json)
-    if args.model == "digits_cnn":
+    onnx_task.refuse_preprocess(args)
+    if onnx_task.is_onnx(args.model):
+        task = onnx_task.task_from_args(args, progress=progress)
+    elif args.model == "digits_cnn":
         task = E.digits_task(weights=args.weights)
     else:
         if not args.weights or not args.data:

@@ -13,12 +13,21 @@ Every model ``paper-repro evaluate`` accepts can be packed: the registry models 
 from ``--weights`` or the fetched official file) and ``digits_cnn`` (the embedded checkpoint,
 or a digits ``.npz`` given with ``--weights``).
 
+An ONNX model (``--model path/to/model.onnx``; the file holds the weights, so no
+``--weights``) is quantized with output channels on the last axis of every kernel. With
+``--out q.prq`` it is packed as above (``paper-repro evaluate --model m.onnx --weights q.prq``
+reads it back for that same file); with ``--out q.onnx`` the same graph is written back as ONNX
+with the dequantized float32 weights, which any ONNX runtime runs (no size saving: the
+codes live only in ``.prq`` files). ``--preprocess`` is recorded in the header.
+
 Example::
 
     paper-repro pack --model mobilenet --alpha 0.75 --weights mobilenet_7_5_224_tf.h5 \\
         --scheme exponential --fit corr --bits 5 --granularity channel \\
         --entropy-coding --out mobilenet_exp5.prq --json
     paper-repro evaluate --model mobilenet --alpha 0.75 --weights mobilenet_exp5.prq ...
+    paper-repro pack --model shufflenet_v2_x0_5_fp16.onnx --preprocess torch \\
+        --scheme exponential --bits 5 --granularity channel --gain --out shufflenet_exp5.onnx
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import time
 from pathlib import Path
 
 from paper_repro.core import quantize
+from paper_repro.feedforward import imagenet, onnx_task
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -36,7 +46,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "pack", help="quantize a model's kernels and save them bit-packed (codes + codebooks)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
-                   help="registry model name (paper-repro weights list) or digits_cnn")
+                   help="registry model name (paper-repro weights list), digits_cnn, or "
+                        "path/to/model.onnx")
     p.add_argument("--alpha", type=float, default=None, help="MobileNet width multiplier")
     p.add_argument("--weights", default=None,
                    help="legacy Keras .h5 weight file (default: the official file from the "
@@ -59,7 +70,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--entropy-coding", action="store_true",
                    help="entropy-code each kernel's codes (ANS under its stored histogram) "
                         "instead of bit-packing them")
-    p.add_argument("--out", required=True, help="output file (.prq)")
+    p.add_argument("--preprocess", default=None, choices=imagenet.PREPROCESS_MODES,
+                   help="ONNX models only: the input preprocessing, recorded in the header")
+    p.add_argument("--out", required=True,
+                   help="output file (.prq); for an ONNX model also .onnx (dequantized float32 "
+                        "weights, same graph)")
     p.add_argument("--json", action="store_true", help="print the accounting as JSON")
     return p
 
@@ -102,17 +117,27 @@ def run(args) -> int:
     from paper_repro.core import entropy, storage
 
     t0 = time.perf_counter()
-    params, source = _load_model(args)
+    onnx_task.check_pack_args(args)
+    onnx_model = axis = None
+    if onnx_task.is_onnx(args.model):
+        onnx_model, params, source = onnx_task.pack_source(args)
+        axis = onnx_task.CHANNEL_AXIS
+    else:
+        params, source = _load_model(args)
     options = dict(select=args.select, gain=args.gain, rounding=args.rounding, base=args.base,
                    method=args.method)
     new, report = quantize.quantize_tree(params, scheme=args.scheme, bits=args.bits,
-                                         fit=args.fit, granularity=args.granularity, **options)
+                                         fit=args.fit, granularity=args.granularity,
+                                         channel_axis=axis, **options)
     coding = "ans" if args.entropy_coding else "fixed"
     meta = {
         **source, "scheme": args.scheme, "fit": args.fit,
         "bits": args.bits, "granularity": args.granularity, "coding": coding,
-        "options": {**options, "channel_axis": "default (Keras layouts)"},
+        "options": {**options, "channel_axis": ("default (Keras layouts)" if axis is None
+                                                else axis)},
     }
+    if onnx_task.is_onnx(args.out):
+        return _write_onnx(args, onnx_model, new, report, meta, t0)
     sizes = storage.save_packed(args.out, params, report, meta=meta,
                                 symmetric_codebook=not args.full_codebook, coding=coding)
     loaded, _ = storage.load_packed(args.out)
@@ -136,4 +161,22 @@ def run(args) -> int:
           f"codebooks {sizes['codebook_bytes']:,d} B, float kept {sizes['float_kept_bytes']:,d} B, "
           f"header {sizes['header_bytes']:,d} B); {len(report)} kernels quantized, "
           f"mean r {out['mean_r']:.4f}, round trip exact")
+    return 0
+
+
+def _write_onnx(args, model, new, report, meta, t0) -> int:
+    """``--out q.onnx``: the quantized weights back into the source graph (float32)."""
+    import numpy as np
+
+    info = onnx_task.write_quantized_onnx(model, new, args.out, report=report, meta=meta)
+    n_q = sum(r["size"] for r in report)
+    out = {**info, "mean_r": sum(r["r"] * r["size"] for r in report) / n_q,
+           "max_levels": max(int(np.unique(np.asarray(r["codes"])).size) for r in report),
+           "seconds": round(time.perf_counter() - t0, 2), "meta": meta}
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"{args.out}: ONNX graph of {Path(args.model).name} with {len(report)} quantized kernels "
+          f"(dequantized float32, {info['onnx_bytes']:,d} B; at most {out['max_levels']} distinct "
+          f"codes per kernel), mean r {out['mean_r']:.4f}, round trip exact")
     return 0

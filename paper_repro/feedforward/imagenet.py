@@ -65,8 +65,6 @@ from typing import Any
 
 import numpy as np
 
-from paper_repro.core import stats
-
 __all__ = [
     "NUM_CLASSES",
     "wnids",
@@ -79,6 +77,7 @@ __all__ = [
     "resize_for",
     "decode",
     "crop_image",
+    "PREPROCESS_MODES",
     "preprocess_input",
     "default_cache_dir",
     "cache_path",
@@ -460,6 +459,8 @@ def decode(raw: bytes, *, size: int, policy: str) -> np.ndarray:
         return crop_image(img, size=size, policy=policy)
 
 
+# The preprocessing conventions :func:`preprocess_input` knows by name (CLI choices).
+PREPROCESS_MODES = ("torch", "tf", "caffe")
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
@@ -842,6 +843,8 @@ def evaluate(
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
     from tqdm.auto import tqdm
+
+    from paper_repro.core import stats
 
     if not isinstance(data, Images):
         data = Images.from_arrays(*data)

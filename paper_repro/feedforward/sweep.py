@@ -56,6 +56,9 @@ class Task:
     ``apply_fn(params, x) -> logits``; ``params`` the float parameter tree; ``data`` an
     :class:`paper_repro.feedforward.imagenet.Images` or ``(images, labels)``; ``preprocess_mode`` as in
     :func:`paper_repro.feedforward.imagenet.evaluate`; ``info`` goes into every row (model, data, ...).
+    ``channel_axis``: output-channel axis of the kernels for per-channel fits (``-1`` for ONNX
+    graphs, :mod:`paper_repro.feedforward.onnx_task`); ``None``: Keras layouts
+    (:func:`paper_repro.core.quantize.default_channel_axis`).
     """
 
     name: str
@@ -65,6 +68,7 @@ class Task:
     preprocess_mode: Any
     info: dict
     batch_size: int = 100
+    channel_axis: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,8 +226,10 @@ def refresh_compression(params, rows: list[dict]) -> list[dict]:
     return out
 
 
-def quantize_params(params, cfg: QuantConfig):
-    """``(new_params, report)`` for one configuration (float: ``(params, [])``)."""
+def quantize_params(params, cfg: QuantConfig, *, channel_axis: int | None = None):
+    """``(new_params, report)`` for one configuration (float: ``(params, [])``).
+
+    ``channel_axis``: see :class:`Task` (``None``: Keras layouts)."""
     if cfg.scheme is None:
         return params, []
     import re
@@ -246,11 +252,11 @@ def quantize_params(params, cfg: QuantConfig):
             avg_bits=cfg.avg_bits, fold=cfg.fold_bn, equalize_ranges=cfg.equalize,
             bias_correction=cfg.bias_correction, mean_preserving=cfg.mean_preserving,
             fit=cfg.fit, granularity=cfg.granularity, gain=cfg.gain, rounding=cfg.rounding,
-            method=cfg.method)
+            method=cfg.method, channel_axis=channel_axis)
         return qp, report
     return Q.quantize_tree(params, select=select, scheme=cfg.scheme, bits=cfg.bits, fit=cfg.fit,
                            granularity=cfg.granularity, gain=cfg.gain, rounding=cfg.rounding,
-                           method=cfg.method)
+                           method=cfg.method, channel_axis=channel_axis)
 
 
 def correlation_summary(report: list[dict]) -> dict:
@@ -279,7 +285,7 @@ def evaluate_config(task: Task, cfg: QuantConfig, *, float_result=None, limit=No
                     per_class=None, progress=True) -> tuple[dict, Any]:
     """Quantize, evaluate, compare with float on the same images. ``(row, EvalResult)``."""
     t0 = time.perf_counter()
-    qparams, report = quantize_params(task.params, cfg)
+    qparams, report = quantize_params(task.params, cfg, channel_axis=task.channel_axis)
     t_q = time.perf_counter() - t0
     res = evaluate_params(task, qparams, limit=limit, per_class=per_class, progress=progress)
     row = {"task": task.name, **task.info, **cfg.key(), "label": cfg.label(), **res.as_dict()}
