@@ -30,6 +30,9 @@ def plot_storage(data: Mapping[str, np.ndarray], config: Mapping, *, mark_bits: 
     gran = np.asarray(data["granularity"]).astype(str)
     bits = np.asarray(data["bits"]).astype(int)
     ratio = np.asarray(data["ratio"], float)
+    coding = (np.asarray(data["coding"]).astype(str) if "coding" in data
+              else np.full(len(bits), "fixed"))
+    ans = coding == "ans"
     fit = config.get("fit")
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13.5, 5.4))
 
@@ -37,7 +40,15 @@ def plot_storage(data: Mapping[str, np.ndarray], config: Mapping, *, mark_bits: 
     ax.plot(b_all, 32 / b_all, **{**S.REFERENCE, "color": "k"}, label="ideal 32 / b (codes only)")
     for s in dict.fromkeys(scheme):
         for g in dict.fromkeys(gran):
-            m = (scheme == s) & (gran == g)
+            if ((scheme == s) & (gran == g) & ans).any():
+                ma = (scheme == s) & (gran == g) & ans
+                oa = np.argsort(bits[ma])
+                sta = S.series_style(scheme=s, fit=fit, granularity=g, ms=4)
+                sta.update(ls="-.", mfc="white", lw=1.2)
+                ax.plot(bits[ma][oa], ratio[ma][oa], **sta,
+                        label=S.series_label(scheme=s, fit=fit, granularity=g)
+                        + ", entropy-coded (ANS)")
+            m = (scheme == s) & (gran == g) & ~ans
             if not m.any():
                 continue
             o = np.argsort(bits[m])
@@ -51,7 +62,7 @@ def plot_storage(data: Mapping[str, np.ndarray], config: Mapping, *, mark_bits: 
                 ax.plot(bits[m][o], rp, color=st["color"], ls=":", marker="x", ms=4,
                         alpha=0.6, lw=1,
                         label=f"{s}, per channel, codebook as (c, a, gain) (estimate)")
-    at = bits == mark_bits
+    at = (bits == mark_bits) & ~ans
     if at.any():
         best = np.argmax(np.where(at, ratio, -np.inf))
         ax.axvline(mark_bits, color="0.7", lw=0.8)
@@ -59,8 +70,8 @@ def plot_storage(data: Mapping[str, np.ndarray], config: Mapping, *, mark_bits: 
                     f" ideal {32 / mark_bits:.1f}x)",
                     (mark_bits, ratio[best]), xytext=(12, 25), textcoords="offset points",
                     arrowprops=dict(arrowstyle="->"), fontsize=8)
-    ax.text(0.98, 0.98, "same bits and codebook sizes give the same file size\n"
-            "for every scheme: the curves of the schemes coincide",
+    ax.text(0.98, 0.98, "bit-packed: same bits and codebook sizes give the same file size\n"
+            "for every scheme (the curves coincide); dash-dot: codes entropy-coded (ANS)",
             transform=ax.transAxes, ha="right", va="top", fontsize=7, color="0.3")
     ax.set_xlabel("bits per quantized weight (incl. sign)")
     ax.set_ylabel("compression ratio = float32 bytes / file bytes (x)")
@@ -79,7 +90,7 @@ def plot_storage(data: Mapping[str, np.ndarray], config: Mapping, *, mark_bits: 
     grans = list(dict.fromkeys(gran))
     width = 0.8 / len(grans)
     for j, g in enumerate(grans):
-        m = (scheme == s0) & (gran == g)
+        m = (scheme == s0) & (gran == g) & ~ans
         o = np.argsort(bits[m])
         x = bits[m][o] + (j - (len(grans) - 1) / 2) * width
         bottom = np.zeros(m.sum())

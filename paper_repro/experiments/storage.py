@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from paper_repro.core.storage import (
+    FORMAT_VERSION,
     SUFFIX,
     code_entropy_bits,
     load_packed,
@@ -67,7 +68,8 @@ def default_config(smoke: bool = False) -> dict:
         "bits": [5] if smoke else list(range(2, 9)),
         "granularities": ["tensor", "channel"],
         "fit": "corr", "select": r".*kernel", "method": "histogram",
-        "symmetric_codebook": True,
+        "symmetric_codebook": True, "format_version": FORMAT_VERSION,
+        "codings": ["fixed", "ans"],
     }
 
 
@@ -97,9 +99,8 @@ def storage_rows(config: Mapping, params, *, progress: bool = True) -> list[dict
     back and checked bit for bit against :func:`~paper_repro.core.quantize.quantize_tree`'s output
     (``exact``). Rows: the :func:`sizes` fields plus scheme, granularity, bits, ``mean_r``
     (size-weighted correlation of the quantized kernels), ``code_entropy_bits``,
-    ``zlib_bytes`` / ``zlib_ratio`` (compression on top, reported apart),
-    ``ratio_parametric_codebook`` (an estimate, not a file: each codebook stored as its three
-    float32 parameters ``c, a, gain`` instead of its levels).
+    ``zlib_bytes`` / ``zlib_ratio`` (compression on top, reported apart); one row per code
+    ``coding`` (``"fixed"``: bit-packed, ``"ans"``: entropy-coded).
     """
     from paper_repro.core import quantize
 
@@ -107,33 +108,42 @@ def storage_rows(config: Mapping, params, *, progress: bool = True) -> list[dict
     with tempfile.TemporaryDirectory() as tmp:
         grid = list(itertools.product(config["schemes"], config["granularities"],
                                       config["bits"]))
-        for scheme, gran, bits in tqdm(grid, desc="storage: pack + verify", unit="file",
-                                       disable=not progress):
+        bar = tqdm(total=len(grid) * len(config["codings"]), desc="storage: pack + verify",
+                   unit="file", disable=not progress)
+        for scheme, gran, bits in grid:
             new, report = quantize.quantize_tree(
                 params, select=config["select"], scheme=scheme, bits=int(bits),
                 fit=config["fit"], granularity=gran, method=config["method"])
-            meta = {k: config[k] for k in ("model", "alpha", "fit", "select", "method")}
-            meta.update(scheme=scheme, granularity=gran, bits=int(bits))
-            packed = pack_tree(params, report, meta=meta,
-                               symmetric_codebook=config["symmetric_codebook"])
-            f = Path(tmp) / f"{scheme}_{gran}_{bits}{SUFFIX}"
-            s = save_packed(f, packed)
-            loaded, _ = load_packed(f)
-            exact = trees_equal(loaded, {k: {v: np.asarray(a) for v, a in d.items()}
-                                         for k, d in new.items()})
-            n_q = sum(r["size"] for r in report)
-            z = zlib_bytes(packed)
-            rows.append({
-                "scheme": scheme, "granularity": gran, "bits": int(bits), **s,
-                "disk_bytes": f.stat().st_size, "exact": bool(exact),
-                "mean_r": sum(r["r"] * r["size"] for r in report) / n_q,
-                "code_entropy_bits": code_entropy_bits(packed),
-                "zlib_bytes": z, "zlib_ratio": s["float_bytes"] / z,
-                "ratio_parametric_codebook": s["float_bytes"] / (
-                    s["packed_bytes"] - s["codebook_bytes"] + 12 * s["codebooks"]),
-            })
-            f.unlink()
+            for coding in config["codings"]:
+                rows.append(_pack_row(params, new, report, config, scheme, gran, int(bits),
+                                      coding, Path(tmp)))
+                bar.update()
+        bar.close()
     return rows
+
+
+def _pack_row(params, new, report, config, scheme, gran, bits, coding, tmp: Path) -> dict:
+    """Pack one quantized tree, measure the file, read it back and compare bit for bit."""
+    meta = {k: config[k] for k in ("model", "alpha", "fit", "select", "method")}
+    meta.update(scheme=scheme, granularity=gran, bits=int(bits))
+    packed = pack_tree(params, report, meta=meta, coding=coding,
+                       symmetric_codebook=config["symmetric_codebook"])
+    f = tmp / f"{scheme}_{gran}_{bits}_{coding}{SUFFIX}"
+    s = save_packed(f, packed)
+    loaded, _ = load_packed(f)
+    exact = trees_equal(loaded, {k: {v: np.asarray(a) for v, a in d.items()}
+                                 for k, d in new.items()})
+    n_q = sum(r["size"] for r in report)
+    z = zlib_bytes(packed)
+    row = {
+        "scheme": scheme, "granularity": gran, "bits": int(bits), "coding": coding, **s,
+        "disk_bytes": f.stat().st_size, "exact": bool(exact),
+        "mean_r": sum(r["r"] * r["size"] for r in report) / n_q,
+        "code_entropy_bits": code_entropy_bits(packed),
+        "zlib_bytes": z, "zlib_ratio": s["float_bytes"] / z,
+    }
+    f.unlink()
+    return row
 
 
 def rows_to_columns(rows: Sequence[Mapping]) -> dict[str, np.ndarray]:
@@ -154,7 +164,8 @@ def ratio_table(rows: Sequence[Mapping]) -> list[dict]:
     for r in rows:
         d = out.setdefault(int(r["bits"]), {"bits": int(r["bits"]),
                                             "ideal 32/b": round(32 / int(r["bits"]), 3)})
-        d[f"{r['scheme']}/{r['granularity']}"] = round(float(r["ratio"]), 3)
+        coding = "" if r.get("coding", "fixed") == "fixed" else f" {r['coding']}"
+        d[f"{r['scheme']}/{r['granularity']}{coding}"] = round(float(r["ratio"]), 3)
     return [out[b] for b in sorted(out)]
 
 
