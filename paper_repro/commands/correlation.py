@@ -8,13 +8,16 @@ maximum, so the max-anchored reading needs a sample size; ``r`` is then exact on
 from __future__ import annotations
 
 import argparse
-import json
 
 import jax
 import numpy as np
 
+from paper_repro.commands import _args as A
 from paper_repro.core import correlation as C
 from paper_repro.core import quantize as Q
+
+DEFAULT_N = 1_000_000
+EXPONENTIAL = ("exponential", "exponential_nozero")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -29,9 +32,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--fit", choices=Q.FITS, default="corr")
     p.add_argument("--bits", type=int, default=4, help="bits per weight incl. sign (1..8)")
     p.add_argument("--rounding", choices=Q.ROUNDINGS, default="linear")
-    p.add_argument("--base", type=float, default=None, help="fixed exponential base a in (0,1)")
-    p.add_argument("--n", type=int, default=1_000_000, help="sample size for --fit max")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base", type=A.finite_float, default=None,
+                   help="fixed exponential base a in (0,1) (exponential schemes only)")
+    p.add_argument("--n", type=A.positive_int, default=None,
+                   help=f"sample size for --fit max (default {DEFAULT_N:_})")
+    p.add_argument("--seed", type=int, default=None, help="sample seed for --fit max (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -61,12 +66,30 @@ def correlation_on_density(*, density: str, scheme: str, fit: str, bits: int,
     }
 
 
+def check_args(args) -> None:
+    """Refuse flags the chosen fit or scheme does not use and out-of-range values (before any
+    fitting); fill in the defaults of ``--n`` and ``--seed``."""
+    A.check_bits(args.scheme, args.bits, fit=args.fit, rounding=args.rounding)
+    if args.fit != "max":
+        A.refuse(A.given(args, {"n": "--n", "seed": "--seed"}),
+                 "with --fit corr (it fits on the exact density, no sample)")
+    if args.base is not None:
+        if args.scheme not in EXPONENTIAL:
+            raise ValueError(f"--base is the base of the exponential schemes "
+                             f"({', '.join(EXPONENTIAL)}), not of {args.scheme}; drop it")
+        if not 0.0 < args.base < 1.0:
+            raise ValueError(f"--base must be in (0, 1), got {args.base:g}")
+    args.n = DEFAULT_N if args.n is None else args.n
+    args.seed = 0 if args.seed is None else args.seed
+
+
 def run(args) -> int:
+    check_args(args)
     res = correlation_on_density(density=args.density, scheme=args.scheme, fit=args.fit,
                                  bits=args.bits, rounding=args.rounding, base=args.base,
                                  n=args.n, seed=args.seed)
     if args.json:
-        print(json.dumps(res))
+        A.print_json(res)
     else:
         print(f"{res['density']} {res['scheme']} fit={res['fit']} bits={res['bits']} "
               f"({res['n_levels']} levels): r = {res['r']:.4f}, r^2 = {res['r2']:.4f}, "

@@ -14,9 +14,9 @@ size took 12 minutes (350 CPU-s) on a loaded 2-core machine (resumable: finished
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
+
+from paper_repro.commands import _args as A
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("hopfield", help="Hopfield networks with quantized couplings: theory and "
@@ -26,7 +26,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t = hs.add_parser("theory", help="r^2 and RS capacity for float, sign, ternary and each "
                       "scheme at 2..5 bits (corr-fitted)")
     t.add_argument("--json", action="store_true", help="print one JSON object")
-    t.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 5])
+    t.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 5],
+                   help="widths for every scheme, 2..8 (default 2 3 4 5)")
     f = hs.add_parser("figures", help="regenerate all Hopfield figures and the capacity table")
     f.add_argument("--smoke", action="store_true", help="tiny sizes (under a minute)")
     f.add_argument("--force", action="store_true", help="recompute even if the config is saved")
@@ -36,12 +37,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def check_bits(bits) -> tuple[int, ...]:
+    """``bits`` without repeats if every scheme of the table has each width (``ValueError``
+    naming the first that does not, before anything is computed)."""
+    from paper_repro.hopfield.theory import TABLE_SCHEMES
+
+    for b in bits:
+        for sch in TABLE_SCHEMES:
+            A.check_bits(sch, b)
+    return tuple(dict.fromkeys(bits))
+
+
 def _theory(args) -> int:
     from paper_repro.hopfield.theory import theory_table
 
-    tab = theory_table(tuple(args.bits))
+    tab = theory_table(check_bits(args.bits))
     if args.json:
-        print(json.dumps(tab))
+        A.print_json(tab)
         return 0
     print(f"{'couplings':<22} {'levels':>6} {'r2':>7} {'alpha_c':>8} {'naive':>7} {'frac':>6}")
     for k, r in tab.items():
@@ -63,5 +75,5 @@ def run(args) -> int:
     if args.hopfield_command == "theory":
         return _theory(args)
     times = make_figures(smoke=args.smoke, force=args.force, only=args.only)
-    print(json.dumps({"seconds": times, "total_s": round(sum(times.values()), 1)}))
+    A.print_json({"seconds": times, "total_s": round(sum(times.values()), 1)})
     return 0

@@ -10,8 +10,8 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 
+from paper_repro.commands import _args as A
 from paper_repro.feedforward import models
 from paper_repro.feedforward import weights as W
 
@@ -30,10 +30,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     f = sub.add_parser("fetch", help="download a model's official weight file (or find it cached)")
     f.add_argument("name", help=f"model name: {', '.join(models.names())}")
-    f.add_argument("--alpha", type=float, default=None, help="MobileNet width multiplier")
+    f.add_argument("--alpha", type=A.positive_float, default=None,
+                   help="MobileNet width multiplier")
     f.add_argument("--no-top", action="store_true", help="the feature-extractor (notop) file")
     f.add_argument("--cache-dir", default=None, help="folder for the weight files")
-    f.add_argument("--timeout", type=float, default=W.DEFAULT_TIMEOUT_S, help="seconds")
+    f.add_argument("--timeout", type=A.positive_float, default=W.DEFAULT_TIMEOUT_S,
+                   help=f"seconds (default {W.DEFAULT_TIMEOUT_S:g})")
 
     i = sub.add_parser("info", help="list the layers, shapes and parameter count of a .h5 file")
     i.add_argument("file", help="legacy Keras .h5 weight file")
@@ -55,7 +57,7 @@ def run(args) -> int:
     if args.weights_command == "info":
         rep = W.info(args.file)
         if args.json:
-            print(json.dumps(rep, indent=1))
+            A.print_json(rep, indent=1)
             return 0
         print(f"{rep['path']}")
         print(f"md5 {rep['md5']}  keras_version {rep['keras_version']}  backend {rep['backend']}")
