@@ -154,6 +154,20 @@ def source_meta(path: str | os.PathLike, *, preprocess: str | None = None) -> di
     return meta
 
 
+def _check_packed_file(weights: str | os.PathLike, onnx_path: str | os.PathLike) -> None:
+    """``FileNotFoundError`` / ``ValueError`` unless ``weights`` is a packed file (an ONNX
+    model holds its own weights: nothing else may replace them)."""
+    from paper_repro.core import storage
+
+    wpath = Path(weights)
+    if not wpath.is_file():
+        raise FileNotFoundError(f"no packed weights at {wpath}")
+    if not storage.is_packed(wpath):
+        raise ValueError(f"{wpath}: an ONNX model holds its own weights; --weights may only name "
+                         f"a packed .prq file made from it (`paper-repro pack --model "
+                         f"{Path(onnx_path).name} --out q.prq`)")
+
+
 def load_packed_params(model, weights: str | os.PathLike, *,
                        preprocess: str | None = None) -> tuple[dict, dict]:
     """``(params, packed_info)`` of a packed file made from this very ONNX file.
@@ -166,12 +180,7 @@ def load_packed_params(model, weights: str | os.PathLike, *,
     from paper_repro.core import storage
 
     wpath = Path(weights)
-    if not wpath.is_file():
-        raise FileNotFoundError(f"no packed weights at {wpath}")
-    if not storage.is_packed(wpath):
-        raise ValueError(f"{wpath}: an ONNX model holds its own weights; --weights may only name "
-                         "a packed .prq file made from it (`paper-repro pack --model "
-                         f"{model.path.name if model.path else 'model.onnx'} --out q.prq`)")
+    _check_packed_file(wpath, model.path or "model.onnx")
     params, meta = storage.load_packed(wpath)
     name = model.path.name if model.path is not None else None
     if meta.get("source_format") != "onnx":
@@ -221,6 +230,8 @@ def onnx_task(path: str | os.PathLike, *, preprocess: str, data: str | os.PathLi
     if not is_onnx(path):
         raise ValueError(f"{path}: not an .onnx file")
     preprocess = check_preprocess(preprocess)
+    if weights is not None:
+        _check_packed_file(weights, path)
     model = load_model(path)
     size = input_size(model)
     packed = None
