@@ -17,18 +17,29 @@ This module turns any copy of those images into numbers, in four steps:
 
    Images are ordered by file name (the official validation order for ``ILSVRC2012_val_*``
    files), so ``limit=K`` takes a class-balanced-in-expectation subset, not the first classes.
+   Input is not trusted: a labels file may only name regular files inside the image folder
+   (no absolute paths, no ``..``; a FIFO or device is refused, never opened in a blocking
+   way), files are read with a size limit, a UTF-8 byte-order mark is accepted. The source's
+   fingerprint covers each file's name, size, modification and change times (ns) and label,
+   so an image replaced in place, even by one of the same size, is noticed.
 
 2. **Crop policy** (:func:`decode`): ``"resize"`` resizes the shorter side to
    ``round(size * 256 / 224)`` (224 -> 256, 299 -> 342) with PIL bilinear, then centre-crops
    ``size x size``; ``"resize<N>"`` resizes the shorter side to N; ``"crop"`` centre-crops
    without resizing. The result is uint8 RGB.
 
-3. **Cache** (:func:`load`): the crops of one (source fingerprint, size, policy) are decoded
+3. **Cache** (:func:`load`): the crops of one (source layout, size, policy) are decoded
    once, in parallel, into a memory-mapped ``(N, S, S, 3)`` uint8 array under
    ``$PAPER_REPRO_CACHE`` (default ``~/.cache/paper_repro``), built in a temporary folder and
    renamed into place (atomic), and reused by every later run: a sweep over dozens of
    quantization configurations decodes each image once. Unreadable images are recorded
    (file + reason) and stay in the denominator: they are predicted ``-1`` and count as wrong.
+   The cache is not trusted either: every load checks the entry's SHA-256 checksums, its
+   labels and ids against the source and the source's fingerprint; a damaged, incomplete or
+   outdated entry is decoded again (one line on stderr says why). A cache that cannot be
+   written, or that belongs to another user, is replaced by a private temporary one for the
+   process (again with a line on stderr). Folders and files follow the umask; temporary
+   build folders are removed on failure, and those of killed builds by the next build.
 
 4. **Evaluation** (:func:`evaluate`): the model-specific float step (Keras ``'caffe'`` or
    ``'tf'`` mode, :func:`preprocess_input`) runs inside a jitted batch step; the last batch is
@@ -46,6 +57,8 @@ Example::
 
 from __future__ import annotations
 
+import atexit
+import errno
 import functools
 import hashlib
 import io
@@ -54,6 +67,9 @@ import math
 import os
 import re
 import shutil
+import socket
+import stat
+import sys
 import tempfile
 import time
 import warnings
@@ -92,7 +108,9 @@ __all__ = [
 NUM_CLASSES = 1000
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 _WNID_RE = re.compile(r"^n\d{8}$")
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
+MAX_IMAGE_BYTES = 128 << 20  # larger image files are unreadable (ImageNet files are < 20 MB)
+MAX_LABELS_BYTES = 64 << 20  # a ground-truth file of 50 000 lines is about 1.5 MB
 
 
 # ----------------------------------------------------------------------------- classes
@@ -160,11 +178,56 @@ def _fingerprint(kind: str, items: Sequence[tuple[str, Any, int]]) -> str:
     return h.hexdigest()
 
 
+def read_regular_file(path: str | os.PathLike, *, limit: int, what: str = "file") -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes.
+
+    Opened without blocking (a FIFO or device is refused at once, never waited on) and
+    checked on the open descriptor (no race with a file swapped in between). Raises
+    ``FileNotFoundError``, ``OSError`` (not a regular file) or ``ValueError`` (too large).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb", closefd=True) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"{what} is not a regular file", str(path))
+        if st.st_size > limit:
+            raise ValueError(f"{what} {path} has {st.st_size} bytes, more than the limit of "
+                             f"{limit}")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{what} {path} grew beyond the limit of {limit} bytes while read")
+    return data
+
+
 def _file_reader(root: Path, rel: Sequence[str]) -> Callable[[int], bytes]:
     def read(i: int) -> bytes:
-        return (root / rel[i]).read_bytes()
+        return read_regular_file(root / rel[i], limit=MAX_IMAGE_BYTES, what="image")
 
     return read
+
+
+def _file_stat(path: Path, where: str) -> tuple[int, int, int] | None:
+    """``(size, mtime_ns, ctime_ns)`` of a regular file (symbolic links followed), ``None``
+    when absent; ``ValueError`` for a folder, FIFO, device or socket."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ValueError(f"{where}: cannot read {path} ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{where}: {path} is not a regular file (a folder, FIFO or device); "
+                         "list image files only")
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _check_name(name: str, where: str) -> str:
+    """``name`` if it is a relative path that stays inside its folder."""
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or name.startswith("/") or ".." in parts or "\0" in name:
+        raise ValueError(f"{where}: {name!r} is not a file inside the image folder (absolute "
+                         "paths and '..' are refused); list names relative to the folder")
+    return name
 
 
 def _sort_key(rel: str) -> tuple[str, str]:
@@ -218,7 +281,7 @@ def from_class_folders(root: str | os.PathLike, *, name: str | None = None) -> S
     rel.sort(key=_sort_key)
     for r in rel:
         labels.append(class_index(r.split("/", 1)[0]))
-        sizes.append((root / r).stat().st_size)
+        sizes.append(_file_stat(root / r, str(root)))
     labels_arr = _check_labels(np.array(labels), str(root))
     fp = _fingerprint("class_folders", list(zip(rel, sizes, labels_arr.tolist(), strict=True)))
     return Source(
@@ -239,10 +302,12 @@ def from_ground_truth(
 ) -> Source:
     """A flat folder of images plus a ground-truth file of ``<file name> <class index>`` lines.
 
-    This is the ILSVRC / Caffe ``val.txt`` format; class indices are the standard order.
-    Files listed but absent from the folder are *kept* and reported as unreadable at cache
-    time (they count as wrong); files in the folder but not listed are ignored (counted in
-    ``info["unlisted"]``).
+    This is the ILSVRC / Caffe ``val.txt`` format (UTF-8, a byte-order mark allowed); class
+    indices are the standard order. Names are relative to ``images_dir``: absolute paths,
+    ``..`` and entries that are not regular files (folders, FIFOs, devices) raise
+    ``ValueError``. Files listed but absent from the folder are *kept* and reported as
+    unreadable at cache time (they count as wrong); files in the folder but not listed are
+    ignored (counted in ``info["unlisted"]``).
 
     Args:
       images_dir: folder with the images.
@@ -253,10 +318,18 @@ def from_ground_truth(
     labels_file = Path(labels_file).expanduser()
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder {images_dir} does not exist")
-    if not labels_file.is_file():
+    if not labels_file.exists():
         raise FileNotFoundError(f"ground-truth file {labels_file} does not exist")
+    try:
+        raw = read_regular_file(labels_file, limit=MAX_LABELS_BYTES, what="ground-truth file")
+    except OSError as e:
+        raise ValueError(f"ground-truth file {labels_file}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{labels_file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     entries: dict[str, int] = {}
-    for lineno, line in enumerate(labels_file.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -265,6 +338,7 @@ def from_ground_truth(
             raise ValueError(
                 f"{labels_file}:{lineno}: expected '<file name> <class index>', got {line!r}"
             )
+        _check_name(parts[0], f"{labels_file}:{lineno}")
         if parts[0] in entries:
             raise ValueError(f"{labels_file}:{lineno}: {parts[0]} is listed twice")
         entries[parts[0]] = int(parts[1])
@@ -272,10 +346,7 @@ def from_ground_truth(
         raise ValueError(f"{labels_file} lists no images")
     rel = sorted(entries, key=_sort_key)
     labels_arr = _check_labels(np.array([entries[r] for r in rel]), str(labels_file))
-    sizes = []
-    for r in rel:
-        p = images_dir / r
-        sizes.append(p.stat().st_size if p.is_file() else -1)
+    sizes = [_file_stat(images_dir / r, str(labels_file)) for r in rel]
     present = {p.name for p in images_dir.iterdir() if p.is_file()}
     unlisted = len(present - set(rel))
     fp = _fingerprint("ground_truth", list(zip(rel, sizes, labels_arr.tolist(), strict=True)))
@@ -289,7 +360,7 @@ def from_ground_truth(
             "kind": "ground_truth",
             "root": str(images_dir),
             "labels_file": str(labels_file),
-            "missing": sum(s < 0 for s in sizes),
+            "missing": sum(s is None for s in sizes),
             "unlisted": unlisted,
         },
     )
@@ -451,10 +522,18 @@ def crop_image(img: Any, *, size: int, policy: str) -> np.ndarray:
 
 
 def decode(raw: bytes, *, size: int, policy: str) -> np.ndarray:
-    """Decode encoded image bytes and crop them (:func:`crop_image`): ``(size, size, 3)`` uint8."""
+    """Decode encoded image bytes and crop them (:func:`crop_image`): ``(size, size, 3)`` uint8.
+
+    Images of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels raise ``ValueError`` before
+    their pixels are decoded (PIL itself only warns up to twice that)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(raw)) as img:
+        w, h = img.size
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and w * h > limit:
+            raise ValueError(f"image of {w}x{h} pixels is larger than the limit of {limit} "
+                             "pixels (PIL.Image.MAX_IMAGE_PIXELS)")
         img.load()
         return crop_image(img, size=size, policy=policy)
 
@@ -505,6 +584,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PAPER_REPRO_CACHE", "~/.cache/paper_repro")).expanduser()
 
 
+def _layout_key(source: Source) -> str:
+    """Hex digest of what a cache folder is for: the kind of source, its ids and labels (not
+    the file contents: a changed image rebuilds the same folder, see :func:`load`)."""
+    h = hashlib.sha256(f"{source.info.get('kind')}\0".encode())
+    if source.info.get("dataset_fingerprint") is not None:
+        h.update(f"{source.info['dataset_fingerprint']}\0".encode())
+    for ident in source.ids:
+        h.update(f"{ident}\0".encode())
+    h.update(np.asarray(source.labels, np.int32).tobytes())
+    return h.hexdigest()
+
+
 def cache_path(
     source: Source, *, size: int, policy: str, cache_dir: str | os.PathLike | None = None
 ) -> Path:
@@ -512,7 +603,7 @@ def cache_path(
     resize_for(size, policy)  # validates
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.name)[:60]
-    return base / "imagenet" / f"{tag}-{source.fingerprint[:16]}" / f"{policy}-{size}"
+    return base / "imagenet" / f"{tag}-{_layout_key(source)[:16]}" / f"{policy}-{size}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -570,14 +661,168 @@ def _decode_one(source: Source, i: int, size: int, policy: str, raw: bytes | Non
         return f"{type(e).__name__}: {e}"
 
 
+def _note(message: str) -> None:
+    """One line on stderr about the cache (rebuilt entries, fallbacks)."""
+    print(f"paper_repro imagenet cache: {message}", file=sys.stderr, flush=True)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux ``/proc``), else by setting it back."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILES = ("images.npy", "labels.npy", "valid.npy")
+_TMP_PREFIX = ".tmp-"
+_STALE_TMP_S = 24 * 3600  # temporary folders of another host are removed after a day
+_PRIVATE: list[Path] = []  # this process's fallback cache (see _private_cache_dir)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "", socket.gethostname())[:32] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def _remove_stale_tmp(folder: Path, name: str) -> None:
+    """Remove ``.tmp-<name>-<host>-<pid>-*`` build folders left by killed builds: those of this
+    host whose process is gone, and any older than a day."""
+    if not folder.is_dir():
+        return
+    pattern = re.compile(rf"^{re.escape(_TMP_PREFIX + name)}-([A-Za-z0-9]+)-(\d+)-")
+    now = time.time()
+    for p in folder.iterdir():
+        m = pattern.match(p.name)
+        if not m:
+            continue
+        try:
+            age = now - p.lstat().st_mtime
+        except OSError:
+            continue
+        same_host = m.group(1) == _host_tag()
+        if (same_host and not _pid_alive(int(m.group(2)))) or age > _STALE_TMP_S:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _foreign(path: Path) -> bool:
+    """Whether ``path`` exists and belongs to another user (its contents are not trusted)."""
+    try:
+        return path.lstat().st_uid != os.geteuid()
+    except OSError:
+        return False
+
+
+def _private_cache_dir() -> Path:
+    """A cache root of this process only (mode 0700), removed when the process exits."""
+    if not _PRIVATE:
+        d = Path(tempfile.mkdtemp(prefix="paper_repro-cache-"))
+        atexit.register(shutil.rmtree, d, ignore_errors=True)
+        _PRIVATE.append(d)
+    return _PRIVATE[0]
+
+
+def _read_meta(path: Path) -> dict:
+    meta = json.loads((path / "meta.json").read_text())
+    if not isinstance(meta, dict):
+        raise ValueError("meta.json is not an object")
+    return meta
+
+
+def _open_entry(path: Path, source: Source, *, size: int, policy: str) -> tuple[Images | None, str]:
+    """``(Images, "")`` if the cache entry at ``path`` is complete and verifies against
+    ``source``, else ``(None, why)`` (``why == ""``: there is no entry).
+
+    Checks: format, fingerprint (file names, sizes, times and labels), size and policy, the
+    SHA-256 of every array file as recorded at build time, array shapes and dtypes, and the
+    labels and ids against the source."""
+    if not path.exists():
+        return None, ""
+    try:
+        meta = _read_meta(path)
+    except FileNotFoundError:
+        return None, "meta.json is missing (interrupted or damaged entry)"
+    except (OSError, ValueError) as e:
+        return None, f"meta.json is unreadable ({type(e).__name__}: {e})"
+    if meta.get("format") != _CACHE_FORMAT:
+        return None, f"it has cache format {meta.get('format')}, this version writes {_CACHE_FORMAT}"
+    if meta.get("fingerprint") != source.fingerprint:
+        return None, "the images or labels changed since it was built (fingerprint differs)"
+    if meta.get("size") != size or meta.get("policy") != policy:
+        return None, f"it holds {meta.get('policy')}-{meta.get('size')} crops"
+    sums = meta.get("sha256")
+    if not isinstance(sums, dict):
+        return None, "it records no checksums"
+    for name in _FILES:
+        try:
+            got = _file_sha256(path / name)
+        except OSError as e:
+            return None, f"{name} is unreadable ({e.strerror or e})"
+        if got != sums.get(name):
+            return None, f"{name} does not match its checksum (damaged)"
+    n = len(source)
+    try:
+        images = np.load(path / "images.npy", mmap_mode="r")
+        labels = np.load(path / "labels.npy")
+        valid = np.load(path / "valid.npy")
+    except (OSError, ValueError) as e:
+        return None, f"an array does not load ({type(e).__name__}: {e})"
+    if images.shape != (n, size, size, 3) or images.dtype != np.uint8:
+        return None, f"images have shape {images.shape} {images.dtype}, not ({n}, {size}, {size}, 3) uint8"
+    if valid.shape != (n,) or valid.dtype != np.bool_:
+        return None, f"validity flags have shape {valid.shape} {valid.dtype}"
+    if labels.shape != (n,) or not np.array_equal(labels, source.labels):
+        return None, "its labels differ from the source's"
+    ids, errors = meta.get("ids"), meta.get("errors")
+    if ids != list(source.ids):
+        return None, "its image ids differ from the source's"
+    if not isinstance(errors, list) or len(errors) != int((~valid).sum()):
+        return None, "its list of unreadable images does not match the validity flags"
+    meta = {k: v for k, v in meta.items() if k not in ("ids", "errors")}
+    meta["path"] = str(path)
+    return Images(images=images, labels=labels.astype(np.int32), valid=valid,
+                  ids=tuple(source.ids), errors=tuple((str(a), str(b)) for a, b in errors),
+                  meta=meta), ""
+
+
 def _build(source: Source, path: Path, *, size: int, policy: str, workers: int, progress: bool):
+    """Decode every image into a temporary folder next to ``path``, record checksums, and
+    rename it into place (replacing a damaged entry). Folders and files follow the umask; the
+    temporary folder is removed on any failure (and by later builds if the process was
+    killed)."""
     from tqdm.auto import tqdm
 
     n = len(source)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    _remove_stale_tmp(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{path.name}-{_host_tag()}-{os.getpid()}-",
+                                dir=path.parent))
     t0 = time.perf_counter()
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; entries follow the umask
         arr = np.lib.format.open_memmap(
             tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3)
         )
@@ -617,7 +862,7 @@ def _build(source: Source, path: Path, *, size: int, policy: str, workers: int, 
                 bar.update(len(idx))
         arr.flush()
         del arr
-        np.save(tmp / "labels.npy", source.labels)
+        np.save(tmp / "labels.npy", np.asarray(source.labels, np.int32))
         np.save(tmp / "valid.npy", valid)
         meta = {
             "format": _CACHE_FORMAT,
@@ -630,19 +875,26 @@ def _build(source: Source, path: Path, *, size: int, policy: str, workers: int, 
             "n": n,
             "n_errors": len(errors),
             "build_seconds": round(time.perf_counter() - t0, 3),
+            "sha256": {name: _file_sha256(tmp / name) for name in _FILES},
             "ids": list(source.ids),
             "errors": errors,
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not (path / "meta.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        for _ in range(3):
+            try:
+                os.rename(tmp, path)
+                break
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            if _open_entry(path, source, size=size, policy=policy)[0] is not None:
+                break  # another process finished a good entry first: keep it
+            shutil.rmtree(path)  # a damaged or stale entry: replace it
+        else:
+            raise OSError(errno.EEXIST, "cache entry keeps being replaced by another process",
+                          str(path))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when renamed into place
     if errors:
         first = "; ".join(f"{i}: {r}" for i, r in errors[:3])
         warnings.warn(
@@ -651,6 +903,10 @@ def _build(source: Source, path: Path, *, size: int, policy: str, workers: int, 
             UnreadableImagesWarning,
             stacklevel=3,
         )
+
+
+def _unwritable(e: OSError) -> bool:
+    return isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def load(
@@ -664,6 +920,13 @@ def load(
     rebuild: bool = False,
 ) -> Images:
     """Centre crops of all images of ``source``, decoded once and memory-mapped from the cache.
+
+    The entry is verified on every load (:func:`_open_entry`: fingerprint, SHA-256 of each
+    array file, labels and ids against the source). A missing, damaged or outdated entry is
+    decoded again in place, with one line on stderr saying why. A cache that cannot be
+    written (read-only, another user's) or whose entry belongs to another user is not used:
+    the crops are decoded into a private temporary cache of this process instead (one line
+    on stderr), removed at exit.
 
     Args:
       source: the images (:func:`from_class_folders`, :func:`from_ground_truth`, :func:`from_hf`).
@@ -681,26 +944,39 @@ def load(
     path = cache_path(source, size=size, policy=policy, cache_dir=cache_dir)
     if len(source) == 0:
         raise ValueError(f"source {source.name!r} has no images")
-    if rebuild and path.exists():
-        shutil.rmtree(path)
-    if not (path / "meta.json").is_file():
-        _build(source, path, size=size, policy=policy,
-               workers=workers or os.cpu_count() or 1, progress=progress)
-    meta = json.loads((path / "meta.json").read_text())
-    if meta.get("format") != _CACHE_FORMAT or meta.get("fingerprint") != source.fingerprint:
-        raise RuntimeError(f"cache entry {path} does not match its source; delete it and rerun")
-    images = np.load(path / "images.npy", mmap_mode="r")
-    errors = tuple((a, b) for a, b in meta.pop("errors"))
-    ids = tuple(meta.pop("ids"))
-    meta["path"] = str(path)
-    return Images(
-        images=images,
-        labels=np.load(path / "labels.npy"),
-        valid=np.load(path / "valid.npy"),
-        ids=ids,
-        errors=errors,
-        meta=meta,
-    )
+    build = dict(size=size, policy=policy, workers=workers or os.cpu_count() or 1,
+                 progress=progress)
+    owned = (path.parent.parent, path.parent, path)
+    if any(_foreign(p) for p in owned):
+        private = cache_path(source, size=size, policy=policy, cache_dir=_private_cache_dir())
+        _note(f"{path} belongs to another user; decoding into a private temporary cache "
+              f"{private} instead (removed at exit)")
+        path, rebuild = private, False
+    if not rebuild:
+        images, why = _open_entry(path, source, size=size, policy=policy)
+        if images is not None:
+            return images
+        if why:
+            _note(f"entry {path} is not used: {why}; decoding the images again")
+    try:
+        if rebuild and path.exists():
+            shutil.rmtree(path)
+        _build(source, path, **build)
+    except OSError as e:
+        if not _unwritable(e) or (_PRIVATE and path.is_relative_to(_PRIVATE[0])):
+            raise
+        private = cache_path(source, size=size, policy=policy, cache_dir=_private_cache_dir())
+        _note(f"cannot write the cache at {path} ({e.strerror or e}); decoding into a private "
+              f"temporary cache {private} instead (removed at exit)")
+        path = private
+        images, _ = _open_entry(path, source, size=size, policy=policy)
+        if images is not None:
+            return images
+        _build(source, path, **build)
+    images, why = _open_entry(path, source, size=size, policy=policy)
+    if images is None:
+        raise RuntimeError(f"cache entry {path} does not verify right after it was built: {why}")
+    return images
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -27,6 +27,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -122,11 +123,31 @@ def _var_name(weight_name: str) -> str:
     return re.sub(r":\d+$", "", name)
 
 
+def _child(group, name: str, where: str):
+    """``group[name]`` (``name`` may have ``/`` components), following hard links only:
+    external links (another file) and soft links are refused, so reading a weight file
+    never opens another file. ``None`` when absent."""
+    h5py = _h5py()
+    node = group
+    for part in [p for p in name.split("/") if p]:
+        link = node.get(part, getlink=True)
+        if link is None:
+            return None
+        if not isinstance(link, h5py.HardLink):
+            kind = "an external link to another file" if isinstance(link, h5py.ExternalLink) \
+                else "a soft link"
+            raise ValueError(f"{where}: {name!r} is {kind}; weight files with links are "
+                             "refused (re-save the weights into one plain .h5 file)")
+        node = node[part]
+    return node
+
+
 def _weights_root(f):
     if "layer_names" in f.attrs or "layer_names0" in f.attrs:
         return f
-    if "model_weights" in f:
-        return f["model_weights"]
+    mw = _child(f, "model_weights", f.filename)
+    if mw is not None:
+        return mw
     if "layers" in f and "vars" not in f.attrs:
         raise ValueError(
             f"{f.filename} looks like a Keras 3 '.weights.h5' file, not a legacy Keras .h5 "
@@ -140,28 +161,144 @@ def _weights_root(f):
     )
 
 
-def read_h5(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
+_DEFLATE, _SHUFFLE = 1, 2  # HDF5 filter ids this reader decodes itself (bounded)
+DEFAULT_MAX_BYTES = 2 << 30  # read_h5: largest total of declared array sizes read at once
+
+
+def _check_dataset(ds, where: str) -> None:
+    """Refuse a dataset whose reading could touch other files, take unbounded memory or give
+    non-numbers: external raw storage, virtual datasets, non-numeric types, chunks larger
+    than the array, filters other than gzip and shuffle."""
+    h5py = _h5py()
+    if not isinstance(ds, h5py.Dataset):
+        raise ValueError(f"{where} is not a dataset")
+    if ds.external:
+        raise ValueError(f"{where} keeps its data in external files; refused")
+    if ds.is_virtual:
+        raise ValueError(f"{where} is a virtual dataset (data in other files); refused")
+    if ds.dtype.kind not in "fiub" or ds.dtype.fields is not None or ds.dtype.subdtype:
+        raise ValueError(f"{where} has type {ds.dtype}, not numbers")
+    if ds.chunks is not None and any(c > max(s, 1) for c, s in zip(ds.chunks, ds.shape,
+                                                                     strict=True)):
+        if int(np.prod(ds.chunks)) * ds.dtype.itemsize > 1 << 20:
+            raise ValueError(f"{where}: chunks {ds.chunks} are larger than the array "
+                             f"{ds.shape}; refused")
+    plist = ds.id.get_create_plist()
+    for i in range(plist.get_nfilters()):
+        code, _, _, name = plist.get_filter(i)
+        if code not in (_DEFLATE, _SHUFFLE):
+            name = name.decode(errors="replace") if isinstance(name, bytes) else name
+            raise ValueError(f"{where} uses HDF5 filter {code} ({name}); re-save the file "
+                             "without it (uncompressed or gzip)")
+
+
+def _nbytes(ds) -> int:
+    return int(np.prod(ds.shape, dtype=np.int64)) * ds.dtype.itemsize
+
+
+def _read_dataset(ds, where: str) -> np.ndarray:
+    """The array of a dataset checked by :func:`_check_dataset`, never allocating more than its
+    declared size: gzip / shuffle chunks are decoded here with the output bounded by the chunk
+    size (HDF5's own deflate filter grows its buffer without limit on a forged chunk)."""
+    plist = ds.id.get_create_plist()
+    filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+    if not filters:
+        return np.asarray(ds[()])
+    import zlib
+
+    out = np.full(ds.shape, ds.fillvalue, dtype=ds.dtype)
+    chunks = tuple(ds.chunks)
+    itemsize = ds.dtype.itemsize
+    chunk_bytes = int(np.prod(chunks, dtype=np.int64)) * itemsize
+    for index in range(ds.id.get_num_chunks()):
+        offset = ds.id.get_chunk_info(index).chunk_offset
+        mask, raw = ds.id.read_direct_chunk(offset)
+        data = bytes(raw)
+        for k in reversed(range(len(filters))):  # filters run in reverse order on reading
+            if mask & (1 << k):
+                continue  # filter k was skipped for this chunk
+            if filters[k] == _DEFLATE:
+                d = zlib.decompressobj()
+                try:
+                    data = d.decompress(data, chunk_bytes)
+                    extra = d.decompress(d.unconsumed_tail, 1) if d.unconsumed_tail else b""
+                except zlib.error as e:
+                    raise ValueError(f"{where}: damaged gzip chunk at {offset} ({e})") from None
+                if extra or not d.eof:
+                    raise ValueError(f"{where}: gzip chunk at {offset} does not decompress to "
+                                     f"its {chunk_bytes} bytes; refused")
+            elif len(data) == chunk_bytes and itemsize > 1:  # shuffle: bytes grouped by rank
+                data = np.frombuffer(data, np.uint8).reshape(itemsize, -1).T.tobytes()
+        if len(data) != chunk_bytes:
+            raise ValueError(f"{where}: chunk at {offset} has {len(data)} bytes, expected "
+                             f"{chunk_bytes}")
+        block = np.frombuffer(data, dtype=ds.dtype).reshape(chunks)
+        dst = tuple(slice(o, min(o + c, s)) for o, c, s in zip(offset, chunks, ds.shape,
+                                                                strict=True))
+        out[dst] = block[tuple(slice(0, d.stop - d.start) for d in dst)]
+    return out
+
+
+def _open_h5(path: str | os.PathLike):
+    """``h5py.File`` of a regular file (a FIFO or device would block HDF5's open)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no weight file at {p}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{p} is not a regular file; give a .h5 weight file")
+    h5py = _h5py()
+    try:
+        return h5py.File(p, "r")
+    except OSError as e:
+        raise ValueError(f"{p} is not a readable HDF5 file ({e})") from None
+
+
+def _layers(f) -> dict[str, dict[str, Any]]:
+    """``{layer: {var: h5py.Dataset}}`` of an open file, in the file's layer order: datasets
+    checked (:func:`_check_dataset`), nothing read."""
+    root = _weights_root(f)
+    out: dict[str, dict[str, Any]] = {}
+    for layer in _attr_list(root, "layer_names") or []:
+        g = _child(root, layer, f"{f.filename}: layer {layer!r}")
+        if g is None:
+            continue
+        names = _attr_list(g, "weight_names") or []
+        if not names:
+            continue
+        d = {}
+        for w in names:
+            where = f"{Path(f.filename).name}: {layer}/{w}"
+            ds = _child(g, w, where)
+            if ds is None:
+                raise ValueError(f"{where} is listed in weight_names but absent")
+            _check_dataset(ds, where)
+            d[_var_name(w)] = ds
+        out[layer] = d
+    return out
+
+
+def read_h5(
+    path: str | os.PathLike, *, max_bytes: int | None = DEFAULT_MAX_BYTES
+) -> dict[str, dict[str, np.ndarray]]:
     """All layers with weights in a legacy Keras ``.h5`` file, in the file's layer order.
 
     Returns ``{layer_name: {var_name: array}}`` (var names without the layer prefix and
-    ``:0``; arrays as stored, Keras layouts). Layers without weights are left out.
+    ``:0``; arrays as stored, Keras layouts). Layers without weights are left out. Files
+    with links, external or virtual data, or exotic filters are refused (``ValueError``),
+    and so are files whose arrays declare more than ``max_bytes`` in total (checked before
+    anything is read; ``None``: no limit). To load into a model use :func:`load`, which reads
+    only the arrays whose shapes match the model.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weight file at {path}")
-    h5py = _h5py()
-    out: dict[str, dict[str, np.ndarray]] = {}
-    with h5py.File(path, "r") as f:
-        root = _weights_root(f)
-        for layer in _attr_list(root, "layer_names") or []:
-            if layer not in root:
-                continue
-            g = root[layer]
-            names = _attr_list(g, "weight_names") or []
-            if not names:
-                continue
-            out[layer] = {_var_name(w): np.asarray(g[w][()]) for w in names}
-    return out
+    with _open_h5(path) as f:
+        layers = _layers(f)
+        total = sum(_nbytes(ds) for d in layers.values() for ds in d.values())
+        if max_bytes is not None and total > max_bytes:
+            raise ValueError(f"{path}: its arrays declare {total} bytes, more than max_bytes="
+                             f"{max_bytes}; pass a larger max_bytes if the file is trusted")
+        return {layer: {v: _read_dataset(ds, f"{layer}/{v}") for v, ds in d.items()}
+                for layer, d in layers.items()}
 
 
 def file_hash(path: str | os.PathLike, algorithm: str = "md5") -> str:
@@ -176,27 +313,26 @@ def file_hash(path: str | os.PathLike, algorithm: str = "md5") -> str:
 def info(path: str | os.PathLike) -> dict[str, Any]:
     """Summary of a weight file: layers with their variable shapes, parameter count, md5.
 
+    Reads shapes only (no array data), so any file is summarized in bounded memory.
     Returns ``{"path", "md5", "keras_version", "backend", "n_layers", "n_params",
     "layers": [{"name", "vars": {var: shape}, "n_params"}]}``.
     """
     path = Path(path)
-    layers = read_h5(path)
-    h5py = _h5py()
-    with h5py.File(path, "r") as f:
+    with _open_h5(path) as f:
         root = _weights_root(f)
         attrs = {
             k: (v.decode("utf8") if isinstance(v, bytes) else str(v))
             for k, v in root.attrs.items()
             if k in ("keras_version", "backend")
         }
-    rows = [
-        {
-            "name": name,
-            "vars": {v: list(a.shape) for v, a in d.items()},
-            "n_params": int(sum(a.size for a in d.values())),
-        }
-        for name, d in layers.items()
-    ]
+        rows = [
+            {
+                "name": name,
+                "vars": {v: list(ds.shape) for v, ds in d.items()},
+                "n_params": int(sum(int(np.prod(ds.shape, dtype=np.int64)) for ds in d.values())),
+            }
+            for name, d in _layers(f).items()
+        ]
     return {
         "path": str(path),
         "md5": file_hash(path, "md5"),
@@ -310,22 +446,28 @@ def load(
     ``spec``: a :class:`~paper_repro.feedforward.models.ModelSpec` or a registry name (then ``alpha``
     applies). ``input_size`` only matters for VGG16 with its top (224 for ImageNet).
     Returns ``{keras_layer_name: {keras_var_name: float32 array}}`` in model order, with the
-    model's variable names and Keras layouts.
+    model's variable names and Keras layouts. The file is untrusted input: its layers are
+    matched to the model by shape before any array is read, so only arrays of the model's
+    sizes are ever read (a small file declaring huge compressed arrays is refused at the
+    shape check), and links to other files, external or virtual data and exotic filters are
+    refused (``ValueError``).
     """
     if isinstance(spec, str):
         spec = models.get(spec, alpha)
     expected = spec.param_shapes(input_size)
-    found = read_h5(path)
-    try:
-        mapping = match_layers(expected, found)
-    except ValueError as e:
-        raise ValueError(f"{Path(path).name} into {spec.name}: {e}") from None
-    params = {}
-    for m, f in mapping.items():
-        arrays = _aligned(expected[m], found[f])
-        params[m] = {
-            v: np.asarray(a, dtype=np.float32) for v, a in zip(expected[m], arrays, strict=True)
-        }
+    with _open_h5(path) as h5:
+        found = _layers(h5)  # datasets, not read: shapes are matched first
+        try:
+            mapping = match_layers(expected, found)
+        except ValueError as e:
+            raise ValueError(f"{Path(path).name} into {spec.name}: {e}") from None
+        params = {}
+        for m, f in mapping.items():
+            datasets = _aligned(expected[m], found[f])
+            params[m] = {
+                v: np.asarray(_read_dataset(ds, f"{Path(path).name}: {f}/{v}"), dtype=np.float32)
+                for v, ds in zip(expected[m], datasets, strict=True)
+            }
     return params
 
 
