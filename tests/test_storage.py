@@ -231,12 +231,16 @@ def test_pack_and_unpack_commands(tmp_path, capsys):
     assert "conv1/kernel" in capsys.readouterr().out
 
 
-def test_without_shared_data_the_sweep_uses_a_synthetic_tree(tmp_path, monkeypatch):
-    monkeypatch.setenv("PAPER_REPRO_SHARED_DATA", str(tmp_path / "absent"))
-    src = S.weights_source("mobilenet", 0.25)
-    assert src["kind"] == "synthetic-laplace" and "PAPER_REPRO_SHARED_DATA" in src["note"]
-    params = S.model_params("mobilenet", 0.25, src)
-    assert S.trees_equal(params, S.synthetic_params("mobilenet", 0.25, seed=0))
+def test_storage_experiment_needs_real_weights_and_its_smoke_run_is_synthetic():
+    from paper_repro.experiments import base
+    from paper_repro.experiments import storage as ES
+
+    exp = base.get("storage")
+    assert exp.needs(False) == ("mobilenet-0.75-keras",) and exp.needs(True) == ()
+    assert ES.default_config(False)["source"]["kind"] == "keras"
+    assert ES.default_config(True)["source"]["kind"] == "synthetic-laplace"
+    params = ES.synthetic_params("mobilenet", 0.25, seed=0)
+    assert S.trees_equal(params, ES.synthetic_params("mobilenet", 0.25, seed=0))
     assert params["conv1"]["kernel"].dtype == np.float32
 
 

@@ -1,4 +1,4 @@
-"""Plot the storage figure from :func:`paper_repro.core.storage.storage_rows`.
+"""Plot the storage figure from :func:`paper_repro.experiments.storage.storage_rows`.
 
 Compression ratio of the packed file against bits (codebooks, float-kept parameters and the
 header included), per tensor and per channel, next to the ideal ``32 / b``; and where the
