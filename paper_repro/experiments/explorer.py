@@ -187,9 +187,9 @@ register(Experiment(
 
 
 def baselines_config(smoke: bool) -> dict:
-    return {"alpha": 0.75, "bits": [4, 8] if smoke else [4, 5, 6, 8],
+    return {"alpha": 0.75, "bits": [8] if smoke else [4, 5, 6, 8],
             "data": "imagenet-val-1300-images", "library": "qwix 0.1.8",
-            "limit": 100 if smoke else None, "model": "mobilenet",
+            "limit": 20 if smoke else None, "model": "mobilenet",
             "n_data": 1300, "policy": "crop", "task": "mobilenet_0.75"}
 
 
