@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from paper_repro.feedforward import explorer as X
 from paper_repro.core import quantize as Q
+from paper_repro.feedforward import explorer as X
 
 
 @pytest.fixture(scope="module")
@@ -158,22 +158,61 @@ def test_sweep_rows_filters_float_and_repaired(tmp_path):
     assert len(X.sweep_rows(tmp_path / "sweep.csv")) == 1
 
 
-def test_plots_build(synthetic, rows):
+def _points(ax) -> set[tuple[float, float]]:
+    """Every (x, y) drawn as a line or marker on ``ax``."""
+    return {(float(x), float(y)) for line in ax.get_lines()
+            for x, y in zip(*line.get_data(), strict=True)}
+
+
+def test_plots_show_their_data(synthetic, rows):
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     from paper_repro.experiments import plot_explorer as P
 
     stats = X.layer_stats(synthetic.params)
-    summ = X.network_summary(rows)
+    # One layer: the scatter is the weights against their quantized copy.
     view = X.layer_view(synthetic.params, 0, scheme="linear", fit="corr", bits=4,
                         granularity="channel")
-    figs = [P.plot_layer(view), P.plot_r_vs_bits(rows, summ),
-            P.plot_r_per_layer(rows, stats, bits=4), P.plot_layer_stats(stats, rows, bits=4),
-            P.plot_tensor_vs_channel(rows, stats, bits=4)]
+    fig = P.plot_layer(view)
+    ax0, ax1 = fig.axes[:2]
+    w, w_hat = np.ravel(view["w"]), np.ravel(view["w_hat"])
+    xy = ax1.collections[0].get_offsets()
+    n = min(len(w), 20000)
+    np.testing.assert_array_equal(np.asarray(xy[:, 0]), w[:n])
+    np.testing.assert_array_equal(np.asarray(xy[:, 1]), w_hat[:n])
+    assert (ax0.get_xlabel(), ax1.get_xlabel(), ax1.get_ylabel()) == (
+        "weight w", "original w", "quantized Q(w)")
+    assert f"r = {view['r']:.5f}" in ax1.get_title()
+    # Per layer: exactly the rows' 1 - r at that width, on a log axis.
+    fig = P.plot_r_per_layer(rows, stats, bits=4)
+    ax = fig.axes[0]
+    want = {(float(r["index"]), float(1 - r["r"])) for r in rows
+            if r["bits"] == 4 and r["granularity"] == "tensor"}
+    assert len(want) == 2 * len(stats)  # linear and exponential, every layer
+    assert _points(ax) == want
+    assert ax.get_yscale() == "log" and "1 - r" in ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_xticklabels()] == [r["path"].split("/")[0]
+                                                            for r in stats]
+    # Correlation vs accuracy: the points are the fit's inputs.
     fake = _fake_rows()
-    figs.append(P.plot_correlation_vs_accuracy(fake, X.correlation_vs_accuracy(fake)))
-    assert all(len(f.axes) >= 1 for f in figs)
+    fit = X.correlation_vs_accuracy(fake)
+    fig = P.plot_correlation_vs_accuracy(fake, fit)
+    ax = fig.axes[0]
+    pts = {(float(x), float(y)) for x, y in zip(fit["log10_noise"], fit["y"], strict=True)}
+    assert len(pts) == len(fake) and pts <= _points(ax)
+    np.testing.assert_allclose(sorted(fit["log10_noise"]),
+                               sorted(np.log10([r["noise_sum"] for r in fake])))
+    assert "top-1 drop" in ax.get_ylabel()
+    # The remaining figures build with labelled axes.
+    summ = X.network_summary(rows)
+    for f in (P.plot_r_vs_bits(rows, summ), P.plot_layer_stats(stats, rows, bits=4),
+              P.plot_tensor_vs_channel(rows, stats, bits=4)):
+        assert all(a.get_xlabel() or a.get_ylabel() for a in f.axes if a.has_data())
+        assert any(a.has_data() for a in f.axes)
+    plt.close("all")
 
 
 @pytest.mark.shared_data

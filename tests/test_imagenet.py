@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import io
 import os
-import time
+import stat
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from paper_repro.feedforward import imagenet
-
 from paper_repro.core import stats
+from paper_repro.feedforward import imagenet, models
+from paper_repro.feedforward import weights as W
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -195,10 +198,6 @@ def test_preprocess_modes():
 
 
 def test_preprocess_agrees_with_model_registry():
-    try:
-        from paper_repro.feedforward import models
-    except ImportError as e:
-        pytest.skip(f"model registry not available: {e}")
     x = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3)).astype(np.uint8)
     for mode in ("caffe", "tf", "torch"):
         np.testing.assert_array_equal(
@@ -256,6 +255,297 @@ def test_missing_listed_file_counts_as_error(tiny, tmp_path):
     reasons = dict(d.errors)
     assert "FileNotFoundError" in reasons["ILSVRC2012_val_00099999.JPEG"]
     assert len(d.errors) == 2
+
+
+# ----------------------------------------------------------------------------- untrusted input
+
+
+@pytest.fixture
+def bright(tmp_path):
+    """12 lossless PNGs: class 1 bright, class 0 dark; ``bright_apply`` gets them all right."""
+    rng = np.random.default_rng(3)
+    flat = tmp_path / "bright"
+    flat.mkdir()
+    lines = []
+    for k in range(12):
+        lab = k % 2
+        arr = np.clip((200 if lab else 50) + rng.normal(0, 20, (20, 20, 3)), 0, 255)
+        Image.fromarray(arr.astype(np.uint8)).save(flat / f"img_{k:03d}.png")
+        lines.append(f"img_{k:03d}.png {lab}")
+    (tmp_path / "bright.txt").write_text("\n".join(lines) + "\n")
+    return flat, tmp_path / "bright.txt"
+
+
+def bright_apply(params, x):
+    import jax.numpy as jnp
+
+    m = x.mean(axis=(1, 2, 3))
+    return jnp.zeros((x.shape[0], 1000)).at[:, 1].set(m - 127.0 + params)
+
+
+def _top1(d):
+    return imagenet.evaluate(bright_apply, np.float32(0), d, batch_size=8, preprocess_mode=None,
+                             progress=False).top1
+
+
+def _within(seconds, fn):
+    """``fn()``'s result or exception, failing the test if it takes more than ``seconds``."""
+    box = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still running after {seconds} s (hangs)"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def test_labels_naming_a_fifo_fail_fast(bright, tmp_path):
+    flat, labels = bright
+    os.mkfifo(flat / "pipe.png")
+    (tmp_path / "l.txt").write_text(labels.read_text() + "pipe.png 3\n")
+    with pytest.raises(ValueError, match="pipe.png is not a regular file"):
+        _within(10, lambda: imagenet.from_ground_truth(flat, tmp_path / "l.txt"))
+    # a labels file that is itself a FIFO
+    os.mkfifo(tmp_path / "fifo.txt")
+    with pytest.raises(ValueError, match="not a regular file"):
+        _within(10, lambda: imagenet.from_ground_truth(flat, tmp_path / "fifo.txt"))
+
+
+def test_image_swapped_for_a_fifo_after_listing_is_unreadable_not_a_hang(bright, tmp_path):
+    flat, labels = bright
+    src = imagenet.from_ground_truth(flat, labels)
+    (flat / "img_003.png").unlink()
+    os.mkfifo(flat / "img_003.png")
+    with pytest.warns(imagenet.UnreadableImagesWarning, match="1 of 12"):
+        d = _within(30, lambda: imagenet.load(src, size=16, policy="crop",
+                                             cache_dir=tmp_path / "c", progress=False))
+    assert not d.valid[3] and "not a regular file" in dict(d.errors)["img_003.png"]
+
+
+@pytest.mark.parametrize("name", ["../secret.png", "sub/../../secret.png", "/etc/passwd",
+                                  "{abs}"])
+def test_names_outside_the_folder_are_refused(bright, tmp_path, name):
+    flat, labels = bright
+    secret = tmp_path / "secret.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(secret)
+    (tmp_path / "l.txt").write_text(f"img_000.png 0\n{name.format(abs=secret)} 1\n")
+    with pytest.raises(ValueError, match=r"l.txt:2: .* is not a file inside the image folder"):
+        imagenet.from_ground_truth(flat, tmp_path / "l.txt")
+
+
+def test_labels_with_byte_order_mark(bright, tmp_path):
+    flat, labels = bright
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + labels.read_bytes())
+    src = imagenet.from_ground_truth(flat, tmp_path / "bom.txt")
+    ref = imagenet.from_ground_truth(flat, labels)
+    assert src.ids == ref.ids and src.ids[0] == "img_000.png" and src.info["missing"] == 0
+    np.testing.assert_array_equal(src.labels, ref.labels)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9.png 1\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8"):
+        imagenet.from_ground_truth(flat, tmp_path / "latin1.txt")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_oversized_files_and_images_are_unreadable(bright, tmp_path, monkeypatch):
+    flat, labels = bright
+    src = imagenet.from_ground_truth(flat, labels)
+    size0 = (flat / "img_000.png").stat().st_size
+    monkeypatch.setattr(imagenet, "MAX_IMAGE_BYTES", size0 - 1)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20 * 20)  # every image is exactly at it
+    big = max(range(12), key=lambda k: (flat / f"img_{k:03d}.png").stat().st_size)
+    with pytest.warns(imagenet.UnreadableImagesWarning):
+        d = imagenet.load(src, size=16, policy="crop", cache_dir=tmp_path / "c", progress=False)
+    assert not d.valid[big] and "more than the limit" in dict(d.errors)[src.ids[big]]
+    monkeypatch.setattr(imagenet, "MAX_IMAGE_BYTES", 1 << 20)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20 * 20 - 1)
+    with pytest.raises(ValueError, match="larger than the limit"):
+        imagenet.decode(src.read(0), size=16, policy="crop")
+
+
+# ----------------------------------------------------------------------------- cache integrity
+
+
+@pytest.mark.parametrize("name", ["images.npy", "labels.npy", "valid.npy", "meta.json"])
+def test_damaged_cache_entry_is_rebuilt(bright, tmp_path, name, capsys):
+    flat, labels = bright
+    src = imagenet.from_ground_truth(flat, labels)
+    d = imagenet.load(src, size=16, policy="crop", cache_dir=tmp_path / "c", progress=False)
+    clean, top1 = np.array(d.images), _top1(d)
+    assert top1 == 1.0
+    p = Path(d.meta["path"]) / name
+    raw = bytearray(p.read_bytes())
+    rng = np.random.default_rng(0)
+    start = 128 if name.endswith(".npy") else 0  # keep the .npy header: same shape, bad data
+    noise = rng.integers(0, 2 if name == "valid.npy" else 256, len(raw) - start)
+    raw[start:] = noise.astype(np.uint8).tobytes()
+    p.write_bytes(bytes(raw))
+    capsys.readouterr()
+    d2 = imagenet.load(src, size=16, policy="crop", cache_dir=tmp_path / "c", progress=False)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "decoding the images again" in err
+    assert (name if name != "meta.json" else "meta.json is unreadable") in err
+    np.testing.assert_array_equal(d2.images, clean)
+    np.testing.assert_array_equal(d2.labels, src.labels)
+    assert d2.valid.all() and _top1(d2) == top1
+
+
+def test_deleted_meta_json_recovers(bright, tmp_path, capsys):
+    flat, labels = bright
+    src = imagenet.from_ground_truth(flat, labels)
+    d = imagenet.load(src, size=16, policy="crop", cache_dir=tmp_path / "c", progress=False)
+    (Path(d.meta["path"]) / "meta.json").unlink()
+    for _ in range(2):  # every later run works, not just the next one
+        d2 = imagenet.load(src, size=16, policy="crop", cache_dir=tmp_path / "c",
+                           progress=False)
+        np.testing.assert_array_equal(d2.images, d.images)
+    assert "meta.json is missing" in capsys.readouterr().err
+    assert [p.name for p in Path(d.meta["path"]).parent.iterdir()] == ["crop-16"]
+
+
+def test_image_replaced_by_one_of_the_same_size_is_noticed(bright, tmp_path, capsys):
+    flat, labels = bright
+    src = imagenet.from_ground_truth(flat, labels)
+    d = imagenet.load(src, size=16, policy="crop", cache_dir=tmp_path / "c", progress=False)
+    p = flat / "img_000.png"  # class 0, dark
+    old = p.read_bytes()
+    st = p.stat()
+    buf = io.BytesIO()  # a bright image, smaller as PNG; padded to the old size below
+    Image.fromarray(np.full((20, 20, 3), 230, np.uint8)).save(buf, format="PNG")
+    new = buf.getvalue()
+    assert len(new) <= len(old)
+    p.write_bytes(new + b"\0" * (len(old) - len(new)))  # PIL ignores bytes after IEND
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the old modification time
+    assert p.stat().st_size == st.st_size and p.stat().st_mtime_ns == st.st_mtime_ns
+    src2 = imagenet.from_ground_truth(flat, labels)
+    assert src2.fingerprint != src.fingerprint
+    d2 = imagenet.load(src2, size=16, policy="crop", cache_dir=tmp_path / "c", progress=False)
+    assert "images or labels changed" in capsys.readouterr().err
+    assert d2.meta["path"] == d.meta["path"]  # rebuilt in place, no stale copy left
+    np.testing.assert_array_equal(d2.images[0], imagenet.decode(p.read_bytes(), size=16,
+                                                                policy="crop"))
+    assert _top1(d2) == 11 / 12
+
+
+def _deny_writes_under(monkeypatch, root: Path):
+    """Make ``root`` read-only: for real when not root, else by refusing mkdtemp / rmtree."""
+    if os.geteuid() != 0:
+        for p in sorted(root.rglob("*"), reverse=True) + [root]:
+            p.chmod(p.stat().st_mode & ~0o222)
+        return
+    mkdtemp, rmtree = imagenet.tempfile.mkdtemp, imagenet.shutil.rmtree
+
+    def guarded_mkdtemp(*a, dir=None, **k):
+        if dir is not None and Path(dir).is_relative_to(root):
+            raise PermissionError(13, "Permission denied", str(dir))
+        return mkdtemp(*a, dir=dir, **k)
+
+    def guarded_rmtree(path, *a, **k):
+        if Path(path).is_relative_to(root):
+            raise PermissionError(13, "Permission denied", str(path))
+        return rmtree(path, *a, **k)
+
+    monkeypatch.setattr(imagenet.tempfile, "mkdtemp", guarded_mkdtemp)
+    monkeypatch.setattr(imagenet.shutil, "rmtree", guarded_rmtree)
+
+
+def test_read_only_cache_falls_back_to_a_private_one(bright, tmp_path, monkeypatch, capsys):
+    flat, labels = bright
+    src = imagenet.from_ground_truth(flat, labels)
+    ro = tmp_path / "ro"
+    d = imagenet.load(src, size=16, policy="crop", cache_dir=ro, progress=False)
+    (Path(d.meta["path"]) / "valid.npy").write_bytes(b"damaged")
+    _deny_writes_under(monkeypatch, ro)
+    try:
+        # a good entry is read as is; a damaged or missing one is decoded privately
+        d16 = imagenet.load(src, size=12, policy="crop", cache_dir=ro, progress=False)
+        err = capsys.readouterr().err
+        d2 = imagenet.load(src, size=16, policy="crop", cache_dir=ro, progress=False)
+        err2 = capsys.readouterr().err
+    finally:
+        if os.geteuid() != 0:
+            for p in [ro, *ro.rglob("*")]:
+                p.chmod(p.stat().st_mode | 0o200)
+    assert "private temporary cache" in err and err.count("\n") == 1
+    assert not Path(d16.meta["path"]).is_relative_to(ro) and d16.valid.all()
+    assert "private temporary cache" in err2
+    np.testing.assert_array_equal(d2.images, d.images)
+    assert _top1(d2) == 1.0
+
+
+def test_entry_of_another_user_is_not_trusted(bright, tmp_path, monkeypatch, capsys):
+    flat, labels = bright
+    src = imagenet.from_ground_truth(flat, labels)
+    d = imagenet.load(src, size=16, policy="crop", cache_dir=tmp_path / "c", progress=False)
+    monkeypatch.setattr(imagenet.os, "geteuid", lambda: os.getuid() + 4242)
+    d2 = imagenet.load(src, size=16, policy="crop", cache_dir=tmp_path / "c", progress=False)
+    assert "belongs to another user" in capsys.readouterr().err
+    assert not Path(d2.meta["path"]).is_relative_to(tmp_path / "c")
+    np.testing.assert_array_equal(d2.images, d.images)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_cache_follows_the_umask(bright, tmp_path, umask):
+    flat, labels = bright
+    src = imagenet.from_ground_truth(flat, labels)
+    old = os.umask(umask)
+    try:
+        d = imagenet.load(src, size=16, policy="crop", cache_dir=tmp_path / "c",
+                          progress=False)
+    finally:
+        os.umask(old)
+    entry = Path(d.meta["path"])
+    for folder in (entry, entry.parent, entry.parent.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask, folder
+    for f in entry.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
+
+
+def test_stale_build_folders_are_removed(bright, tmp_path):
+    flat, labels = bright
+    src = imagenet.from_ground_truth(flat, labels)
+    path = imagenet.cache_path(src, size=16, policy="crop", cache_dir=tmp_path / "c")
+    path.parent.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    host = imagenet._host_tag()
+    stale = path.parent / f".tmp-crop-16-{host}-{int(dead.stdout)}-abc"
+    alive = path.parent / f".tmp-crop-16-{host}-{os.getpid()}-def"
+    old_other_host = path.parent / ".tmp-crop-16-elsewhere-1-ghi"
+    for p in (stale, alive, old_other_host):
+        (p / "x").mkdir(parents=True)
+    os.utime(old_other_host, (0, 0))
+    imagenet.load(src, size=16, policy="crop", cache_dir=tmp_path / "c", progress=False)
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(["crop-16", alive.name])
+
+
+def test_build_killed_midway_leaves_nothing_behind(bright, tmp_path):
+    """A build killed by SIGKILL (no cleanup possible) leaves its folder; the next run
+    removes it and builds a good entry."""
+    flat, labels = bright
+    script = (
+        "import os, signal, sys\n"
+        "from paper_repro.feedforward import imagenet\n"
+        f"src = imagenet.from_ground_truth({str(flat)!r}, {str(labels)!r})\n"
+        "imagenet.decode = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"imagenet.load(src, size=16, policy='crop', cache_dir={str(tmp_path / 'c')!r}, "
+        "progress=False)\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    src = imagenet.from_ground_truth(flat, labels)
+    path = imagenet.cache_path(src, size=16, policy="crop", cache_dir=tmp_path / "c")
+    assert [p.name.startswith(".tmp-crop-16-") for p in path.parent.iterdir()] == [True]
+    d = imagenet.load(src, size=16, policy="crop", cache_dir=tmp_path / "c", progress=False)
+    assert [p.name for p in path.parent.iterdir()] == ["crop-16"] and _top1(d) == 1.0
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -423,31 +713,26 @@ def test_real_1300_loads_and_caches(val1300, tmp_path_factory):
     assert len(val1300) == 1300 and val1300.info["kind"] == "ground_truth"
     assert len(set(val1300.labels.tolist())) == 725
     cache = tmp_path_factory.mktemp("cache1300")
-    t0 = time.perf_counter()
     d = imagenet.load(val1300, size=224, policy="crop", cache_dir=cache, progress=False)
-    t_build = time.perf_counter() - t0
     assert d.images.shape == (1300, 224, 224, 3) and d.valid.all() and d.errors == ()
-    t0 = time.perf_counter()
-    imagenet.load(val1300, size=224, policy="crop", cache_dir=cache, progress=False)
-    assert time.perf_counter() - t0 < max(0.5, t_build / 5)  # reused, not decoded again
+    # Reused, not decoded again (and verified: same crops).
+    decode = imagenet.decode
+    imagenet.decode = lambda *a, **k: 1 / 0
+    try:
+        d2 = imagenet.load(val1300, size=224, policy="crop", cache_dir=cache, progress=False)
+    finally:
+        imagenet.decode = decode
+    assert d2.meta["path"] == d.meta["path"] and d2.valid.all()
+    np.testing.assert_array_equal(d2.images[::97], d.images[::97])
     # The 227x227 originals: 'crop' keeps the central 224x224 pixels untouched.
     with Image.open(io.BytesIO(val1300.read(0))) as im:
         np.testing.assert_array_equal(d.images[0], np.asarray(im.convert("RGB"))[1:225, 1:225])
 
 
 def _mobilenet():
-    try:
-        from paper_repro.feedforward import models
-        from paper_repro.feedforward import weights
-    except ImportError as e:
-        pytest.skip(f"MobileNet port or weight loader not available: {e}")
     h5 = need_shared("keras-weights", "mobilenet_7_5_224_tf.h5")
     spec = models.get("mobilenet", alpha=0.75)
-    if hasattr(weights, "load_keras_h5"):
-        params = weights.load_keras_h5(h5, spec)
-    else:
-        params = weights.load(spec, h5)
-    return models, spec, params
+    return spec, W.load(spec, h5)
 
 
 @pytest.mark.shared_data
@@ -461,13 +746,11 @@ def test_real_mobilenet_reproduces_keras(val1300, tmp_path_factory, policy, top1
 
     Tolerance 0.2 points: float summation order can flip a few borderline images.
     """
-    models, spec, params = _mobilenet()
+    spec, params = _mobilenet()
     cache = tmp_path_factory.getbasetemp() / "cache_mobilenet"
     d = imagenet.load(val1300, size=spec.input_size, policy=policy, cache_dir=cache,
                       progress=False)
-    apply_fn = models.make_apply(spec) if hasattr(models, "make_apply") else (
-        lambda p, x: models.apply(spec, p, x))
-    res = imagenet.evaluate(apply_fn, params, d, batch_size=100,
+    res = imagenet.evaluate(models.make_apply(spec), params, d, batch_size=100,
                             preprocess_mode=spec.preprocess_mode, progress=False)
     print(f"\nMobileNet 0.75 {policy}: {res} in {res.wall_s:.1f}s")
     assert res.n_images == 1300 and res.n_errors == 0

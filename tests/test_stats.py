@@ -11,30 +11,35 @@ from scipy import stats as st
 
 from paper_repro.core import stats
 
-
-def test_wilson_known_value():
-    # Textbook example (Newcombe 1998, Table I): 81/263 -> 0.2553..0.3662 (4 decimals given).
-    lo, hi = stats.wilson_interval(81, 263)
-    assert lo == pytest.approx(0.2553, abs=1e-4)
-    assert hi == pytest.approx(0.3662, abs=1e-4)
+# Newcombe (1998), Stat. Med. 17:857, Table II, method 3 (Wilson score, no continuity
+# correction), 4 decimals as printed.
+NEWCOMBE_WILSON = [((81, 263), (0.2553, 0.3662)), ((15, 148), (0.0624, 0.1605)),
+                   ((0, 20), (0.0000, 0.1611)), ((1, 29), (0.0061, 0.1718))]
 
 
-def test_wilson_matches_statsmodels_formula_and_edges():
+@pytest.mark.parametrize("kn,want", NEWCOMBE_WILSON)
+def test_wilson_textbook_values(kn, want):
+    lo, hi = stats.wilson_interval(*kn)
+    assert lo == pytest.approx(want[0], abs=5e-5)
+    assert hi == pytest.approx(want[1], abs=5e-5)
+
+
+def test_wilson_matches_scipy_and_edges():
+    """Against scipy's independent implementation (``BinomTestResult.proportion_ci``)."""
+    for k, n in [(0, 10), (10, 10), (3, 7), (780, 1000), (1, 1), (81, 263)]:
+        for conf in (0.9, 0.95, 0.99):
+            lo, hi = stats.wilson_interval(k, n, confidence=conf)
+            ref = st.binomtest(k, n).proportion_ci(confidence_level=conf, method="wilson")
+            assert lo == pytest.approx(ref.low, abs=1e-12)
+            assert hi == pytest.approx(ref.high, abs=1e-12)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0
+    # The bounds invert the score test: |p_hat - p| / sqrt(p (1 - p) / n) = z at each one.
     z = st.norm.ppf(0.975)
-    for k, n in [(0, 10), (10, 10), (3, 7), (780, 1000), (1, 1)]:
-        lo, hi = stats.wilson_interval(k, n)
-        p = k / n
-        c = (p + z * z / (2 * n)) / (1 + z * z / n)
-        h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        assert 0.0 <= lo <= p <= hi <= 1.0
-        # Float64 arithmetic of the same formula; edges are exact 0 / 1 by construction.
-        assert lo == pytest.approx(0.0 if k == 0 else c - h, abs=1e-12)
-        assert hi == pytest.approx(1.0 if k == n else c + h, abs=1e-12)
+    lo, hi = stats.wilson_interval(780, 1000)
+    for p in (lo, hi):
+        assert abs(0.78 - p) / math.sqrt(p * (1 - p) / 1000) == pytest.approx(z, rel=1e-9)
+    assert stats.wilson_interval(0, 10)[0] == 0.0 and stats.wilson_interval(10, 10)[1] == 1.0
     assert stats.wilson_interval(0, 0) == (0.0, 1.0)
-    # Wider at higher confidence.
-    a = stats.wilson_interval(50, 100, confidence=0.9)
-    b = stats.wilson_interval(50, 100, confidence=0.99)
-    assert b[0] < a[0] and b[1] > a[1]
 
 
 @pytest.mark.parametrize("k,n", [(-1, 5), (6, 5)])

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
+import tracemalloc
 import urllib.error
+import zlib
 from pathlib import Path
 
 import h5py
@@ -17,7 +20,6 @@ import numpy as np
 import pytest
 
 from paper_repro import cli
-
 from paper_repro.feedforward import models
 from paper_repro.feedforward import weights as W
 
@@ -291,3 +293,126 @@ def test_real_mobilenet_file_loads_and_md5_is_reported():
     spec2, params2 = W.load_pretrained("mobilenet", 0.75, cache_dir=path.parent / "no-such-dir")
     assert spec2 == spec
     assert_same(params2, params)
+
+
+# ----------------------------------------------------------------------------- untrusted files
+
+
+def _bomb(path, params, n=100_000_000):
+    """``params`` saved with conv1's kernel replaced by a gzip dataset of ``n`` zeros declared
+    (400 MB as float32) in a file of a few hundred KB."""
+    W.save_h5(params, path)
+    with h5py.File(path, "r+") as f:
+        del f["conv1"]["conv1/kernel:0"]
+        cn = 4_000_000
+        ds = f["conv1"].create_dataset("conv1/kernel:0", shape=(n,), dtype="float32",
+                                       chunks=(cn,), compression="gzip")
+        z = zlib.compress(bytes(4 * cn), 9)
+        for j in range(0, n, cn):
+            ds.id.write_direct_chunk((j,), z)
+    return path
+
+
+def _peak_mb(fn):
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak / 2**20
+
+
+def test_gzip_bomb_is_refused_before_reading(tmp_path, small):
+    spec, params = small
+    path = _bomb(tmp_path / "bomb.h5", params)
+    assert path.stat().st_size < 2_000_000
+
+    def load():
+        with pytest.raises(ValueError, match=r"shape mismatch at layer 'conv1'.*\(100000000,\)"):
+            W.load(spec, path)
+
+    assert _peak_mb(load) < 50  # the 400 MB array is never allocated
+    rep = W.info(path)  # shapes only
+    assert rep["layers"][0]["vars"]["kernel"] == [100_000_000]
+    with pytest.raises(ValueError, match="declare .* bytes, more than max_bytes"):
+        W.read_h5(path, max_bytes=100 << 20)
+
+
+def test_forged_gzip_chunk_is_refused_with_bounded_memory(tmp_path, small):
+    """A chunk of the right declared size whose gzip stream inflates to 256 MB (HDF5's own
+    filter would grow its buffer to that)."""
+    spec, params = small
+    path = W.save_h5(params, tmp_path / "forged.h5")
+    with h5py.File(path, "r+") as f:
+        del f["conv1"]["conv1/kernel:0"]
+        ds = f["conv1"].create_dataset("conv1/kernel:0", shape=(3, 3, 3, 8), dtype="float32",
+                                       chunks=(3, 3, 3, 8), compression="gzip")
+        ds.id.write_direct_chunk((0, 0, 0, 0), zlib.compress(bytes(256 << 20), 9))
+
+    def load():
+        with pytest.raises(ValueError, match="does not decompress to its 864 bytes"):
+            W.load(spec, path)
+
+    assert _peak_mb(load) < 50
+
+
+def test_gzip_and_shuffle_files_load_exactly(tmp_path, small):
+    spec, params = small
+    path = tmp_path / "gz.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([n.encode() for n in params])
+        for layer, d in params.items():
+            g = f.create_group(layer)
+            names = [f"{layer}/{v}:0" for v in d]
+            g.attrs["weight_names"] = np.array([n.encode() for n in names])
+            for n, a in zip(names, d.values(), strict=True):
+                chunks = tuple(max(1, s // 2) for s in a.shape)  # edge chunks too
+                g.create_dataset(n, data=a, compression="gzip", shuffle=True, chunks=chunks)
+    assert_same(W.load(spec, path), params)
+    assert_same(W.read_h5(path), params)
+
+
+def test_links_and_external_data_are_refused(tmp_path, small):
+    spec, params = small
+    other = W.save_h5({"conv1": params["conv1"]}, tmp_path / "other.h5")
+    ext = W.save_h5(params, tmp_path / "ext.h5")
+    with h5py.File(ext, "r+") as f:
+        del f["conv1"]
+        f["conv1"] = h5py.ExternalLink(str(other), "/conv1")
+    with pytest.raises(ValueError, match="'conv1' is an external link to another file"):
+        W.load(spec, ext)
+    with pytest.raises(ValueError, match="external link"):
+        W.info(ext)
+    soft = W.save_h5(params, tmp_path / "soft.h5")
+    with h5py.File(soft, "r+") as f:
+        f["conv1"].move("conv1", "hidden")
+        f["conv1"]["conv1"] = h5py.SoftLink("/conv1/hidden")
+    with pytest.raises(ValueError, match="is a soft link"):
+        W.load(spec, soft)
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(np.zeros(216, np.float32).tobytes())
+    exts = W.save_h5(params, tmp_path / "extstore.h5")
+    with h5py.File(exts, "r+") as f:
+        del f["conv1"]["conv1/kernel:0"]
+        f["conv1"].create_dataset("conv1/kernel:0", shape=(3, 3, 3, 8), dtype="float32",
+                                  external=[(str(raw), 0, h5py.h5f.UNLIMITED)])
+    with pytest.raises(ValueError, match="external files"):
+        W.load(spec, exts)
+
+
+def test_weight_file_that_is_not_a_regular_file(tmp_path, small):
+    spec, _ = small
+    os.mkfifo(tmp_path / "w.h5")
+    with pytest.raises(ValueError, match="not a regular file"):
+        W.load(spec, tmp_path / "w.h5")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(ValueError, match="not a readable HDF5 file"):
+        W.read_h5(tmp_path / "junk.h5")
+    with h5py.File(tmp_path / "str.h5", "w") as f:
+        f.attrs["layer_names"] = np.array([b"conv1"])
+        g = f.create_group("conv1")
+        g.attrs["weight_names"] = np.array([b"conv1/kernel:0"])
+        g.create_dataset("conv1/kernel:0", data=np.array([b"abc"]))
+    with pytest.raises(ValueError, match="not numbers"):
+        W.read_h5(tmp_path / "str.h5")
