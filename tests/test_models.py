@@ -13,7 +13,7 @@ import keras_oracle as ko
 import numpy as np
 import pytest
 
-from paper_repro.feedforward import models
+from paper_repro.feedforward import fast_eval, models
 from paper_repro.feedforward import weights as W
 
 # float32 through ~50-100 layers; both sides run the same XLA ops on CPU, so the agreement
@@ -173,6 +173,112 @@ def test_feature_outputs_and_pooling():
     np.testing.assert_allclose(models.apply(mx, params, x), fmap[:, 0, 0], rtol=1e-6)
 
 
+# ----------------------------------------------------------------------------- fast evaluation
+
+
+def _bn_randomized(spec, size, seed=0):
+    """Random params whose batch norms are far from the identity and calibrated (as the Keras
+    oracle does, without Keras): one training-mode pass on random inputs sets each batch
+    norm's moving statistics to its batch statistics, then they are jittered. Activations
+    stay O(1), so the output depends on the input and on every statistic."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from paper_repro.feedforward.models import layers
+
+    params = spec.init(jax.random.key(seed), size)
+    rng = np.random.default_rng(seed)
+    for d in params.values():
+        if "moving_variance" in d:
+            c = d["moving_variance"].shape[0]
+            if "gamma" in d:
+                d["gamma"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+            if "beta" in d:
+                d["beta"] = rng.normal(0.0, 0.1, c).astype(np.float32)
+
+    def batch_stats(params, x):
+        stats = {}
+
+        def hook(next_fun, args, kwargs, context):
+            m = context.module
+            if not isinstance(m, layers.BatchNorm) or context.method_name != "__call__":
+                return next_fun(*args, **kwargs)
+            h = args[0]
+            mean, var = jnp.mean(h, axis=(0, 1, 2)), jnp.var(h, axis=(0, 1, 2))
+            stats[m.name] = (mean, var)
+            p = m.variables["params"]
+            return (h - mean) * jax.lax.rsqrt(var + m.epsilon) * p.get("gamma", 1.0) + p.get(
+                "beta", 0.0)
+
+        with nn.intercept_methods(hook):
+            spec.module.apply({"params": params}, x)
+        return stats
+
+    x = rng.normal(size=(4, size, size, 3)).astype(np.float32)
+    for name, (mean, var) in jax.jit(batch_stats)(params, x).items():
+        var = np.asarray(var, np.float64)
+        params[name]["moving_mean"] = (np.asarray(mean) + rng.normal(0.0, 0.1, var.shape)
+                                       * np.sqrt(var)).astype(np.float32)
+        params[name]["moving_variance"] = (var * rng.uniform(0.7, 1.4, var.shape)).astype(np.float32)
+    return params
+
+
+def test_fast_eval_folds_batchnorm_into_matmuls():
+    """MobileNet: the folded function equals the reference port, and its compiled program is
+    the 15 matmuls of the folded stem, pointwise and classifier layers and no convolution: the
+    unfolded convolutions a folded batch norm replaces are not computed."""
+    import re
+
+    import jax
+
+    spec = models.get("mobilenet", 0.25, classes=10)
+    params = _bn_randomized(spec, 35)
+    x = np.random.default_rng(1).normal(size=(3, 35, 35, 3)).astype(np.float32)
+    want = np.asarray(models.make_apply(spec)(params, x))
+    assert np.std(want, axis=0).mean() > 1e-2 * np.abs(want).max(), "degenerate network"
+    f = fast_eval.make_eval_apply(spec, chunk=None)
+    got = np.asarray(f(params, x))
+    np.testing.assert_allclose(got, want, rtol=0, atol=RTOL * np.abs(want).max())
+    hlo = jax.jit(lambda p, x: fast_eval.apply(spec, p, x)).lower(params, x).compile().as_text()
+    assert len(re.findall(r" dot\(", hlo)) == 15
+    assert " convolution(" not in hlo
+    # the folding reads the batch norm's values: another moving variance, another output
+    moved = {**params, "conv_pw_3_bn": {**params["conv_pw_3_bn"],
+                                        "moving_variance": params["conv_pw_3_bn"]["moving_variance"] * 4}}
+    np.testing.assert_allclose(np.asarray(f(moved, x)), np.asarray(models.make_apply(spec)(moved, x)),
+                               rtol=0, atol=RTOL * np.abs(want).max())
+    assert not np.allclose(np.asarray(f(moved, x)), got, atol=1e-3 * np.abs(want).max())
+
+
+def test_fast_eval_chunks_keep_images_apart():
+    """7 images in chunks of 3 (the last one padded): each image's logits as when it runs
+    alone; ``chunk`` must be positive."""
+    spec = models.get("mobilenet", 0.25, classes=10)
+    params = _bn_randomized(spec, 33, seed=2)
+    x = np.random.default_rng(3).normal(size=(7, 33, 33, 3)).astype(np.float32)
+    got = np.asarray(fast_eval.make_eval_apply(spec, chunk=3)(params, x))
+    alone = fast_eval.make_eval_apply(spec, chunk=None)
+    want = np.concatenate([np.asarray(alone(params, x[i:i + 1])) for i in range(7)])
+    assert got.shape == (7, 10)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    assert np.abs(got[0] - got[1]).max() > 1e-3 * np.abs(want).max()  # images differ
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        fast_eval.apply_chunked(spec, params, x, chunk=0)
+
+
+def test_bn_affine_is_the_batchnorm_formula():
+    bn = {"gamma": np.array([2.0, 0.5], np.float32), "beta": np.array([1.0, -1.0], np.float32),
+          "moving_mean": np.array([0.5, 3.0], np.float32),
+          "moving_variance": np.array([3.999, 0.249], np.float32)}
+    scale, shift = fast_eval.bn_affine(bn, epsilon=1e-3)
+    np.testing.assert_allclose(scale, [1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(shift, [0.5, -4.0], rtol=1e-6)
+    no_scale = {k: v for k, v in bn.items() if k != "gamma"}  # Inception: scale=False
+    np.testing.assert_allclose(fast_eval.bn_affine(no_scale, epsilon=1e-3)[0], [0.5, 2.0],
+                               rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- oracle
 
 # (registry name, alpha, input size): small sizes Keras accepts; odd sizes make strided
@@ -187,14 +293,44 @@ ORACLE_CASES = [
 ]
 
 
-def _compare(spec, params, x, want, softmax=False, min_sensitivity=1e-2):
+def _compare(spec, params, x, want, softmax=False, min_sensitivity=1e-2, fast=False):
+    """The reference port against the Keras output ``want``; with ``fast``, also the
+    batch-norm-folded evaluation function (in chunks of one image, so chunking runs too)."""
     got = np.asarray(models.make_apply(spec, softmax=softmax)(params, x))
     assert got.shape == want.shape
     scale = np.max(np.abs(want))
     # a random network must not be saturated: its output has to depend on the input
     assert scale > 0 and np.std(want, axis=0).mean() > min_sensitivity * scale, "degenerate oracle"
     np.testing.assert_allclose(got, want, rtol=0, atol=RTOL * scale)
+    if fast:
+        _check_folded(spec, params, x, got, softmax=softmax)
     return got
+
+
+def _check_folded(spec, params, x, ref32, *, softmax=False):
+    """The folded evaluation is the same function as the reference port (equal in float64 to
+    1e-9 of the output scale: folding is exact algebra) and as accurate in float32: its
+    distance to the float64 output is at most 3x the reference port's (other summation
+    orders; the oracle networks have batch norms with scales of 40 and more, which amplify
+    float32 rounding) or ``RTOL``. Returns the float32 folded output."""
+    import functools
+
+    import jax
+
+    folded = np.asarray(fast_eval.make_eval_apply(spec, softmax=softmax, chunk=1)(params, x))
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+        x64 = np.asarray(x, np.float64)
+        ref64 = np.asarray(jax.jit(functools.partial(models.apply, spec, softmax=softmax))(p64, x64))
+        fold64 = np.asarray(jax.jit(functools.partial(
+            fast_eval.apply_chunked, spec, chunk=1, softmax=softmax))(p64, x64))
+    assert ref64.dtype == fold64.dtype == np.float64
+    scale = np.max(np.abs(ref64))
+    np.testing.assert_allclose(fold64, ref64, rtol=0, atol=1e-9 * scale)
+    err_ref = np.abs(ref32 - ref64).max()
+    err_fold = np.abs(folded - ref64).max()
+    assert err_fold <= max(3 * err_ref, RTOL * scale), (err_fold, err_ref, scale)
+    return folded
 
 
 @pytest.mark.oracle
@@ -206,13 +342,13 @@ def test_port_matches_keras_with_top(tmp_path, name, alpha, size):
     want = ko.run(model, x)
     spec = models.get(name, alpha, classes=10)
     params = W.load(spec, path, input_size=size)
-    _compare(spec, params, x, want)
-    # the loaded values matter: shifting the first moving mean (or bias) changes the output
+    _compare(spec, params, x, want, fast=True)
+    # the loaded values matter: shifting the first moving mean (or bias) changes the output,
+    # of the reference port and of the folded evaluation alike
     layer, var = next((k, v) for k, d in params.items() for v in ("moving_mean", "bias") if v in d)
     moved = {**params, layer: {**params[layer], var: params[layer][var] + 1.0}}
-    assert not np.allclose(
-        models.make_apply(spec)(moved, x), want, atol=RTOL * np.max(np.abs(want))
-    )
+    for f in (models.make_apply(spec), fast_eval.make_eval_apply(spec, chunk=1)):
+        assert not np.allclose(f(moved, x), want, atol=RTOL * np.max(np.abs(want)))
 
 
 @pytest.mark.oracle
@@ -222,7 +358,7 @@ def test_port_matches_keras_full_model_file_without_top(tmp_path):
     path = ko.save_legacy_h5(model, tmp_path / "full.h5", full_model=True)
     x = np.random.default_rng(4).normal(size=(2, 32, 32, 3)).astype(np.float32)
     spec = models.get("mobilenet_v2", 0.5, include_top=False)
-    _compare(spec, W.load(spec, path), x, ko.run(model, x))
+    _compare(spec, W.load(spec, path), x, ko.run(model, x), fast=True)
 
 
 @pytest.mark.oracle
@@ -314,3 +450,26 @@ def test_real_mobilenet_agrees_with_keras_on_imagenet_images():
     )  # fmt: skip
     # sanity: the real model is accurate on these images (Keras reference 78.08 % on all 1300)
     assert np.mean(logits.argmax(-1) == labels) > 0.6
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_real_mobilenet_folded_evaluation_keeps_the_accuracy(tmp_path):
+    """All 1300 images, centre crop 224 ('crop'): the batch-norm-folded evaluation gives the
+    Keras reference top-1 / top-5 (78.08 / 94.62 %) and the reference port's predictions on
+    the first 100 images."""
+    from paper_repro.feedforward import imagenet
+
+    root = _shared_data()
+    spec = models.get("mobilenet", alpha=0.75)
+    params = W.load(spec, root / "keras-weights" / "mobilenet_7_5_224_tf.h5")
+    src = imagenet.from_ground_truth(root / "imagenet-val-1300" / "images",
+                                     root / "imagenet-val-1300" / "labels.txt")
+    data = imagenet.load(src, size=224, policy="crop", cache_dir=tmp_path, progress=False)
+    res = imagenet.evaluate(fast_eval.make_eval_apply(spec), params, data, batch_size=50,
+                            preprocess_mode="tf", progress=False)
+    assert res.n_images == 1300 and res.n_errors == 0
+    assert abs(100 * res.top1 - 78.08) <= 0.2 and abs(100 * res.top5 - 94.62) <= 0.2, str(res)
+    ref = imagenet.evaluate(models.make_apply(spec), params, data, batch_size=50,
+                            preprocess_mode="tf", limit=100, progress=False)
+    assert (res.pred[ref.indices, 0] == ref.pred[:, 0]).mean() >= 0.99

@@ -59,6 +59,9 @@ class Task:
     ``channel_axis``: output-channel axis of the kernels for per-channel fits (``-1`` for ONNX
     graphs, :mod:`paper_repro.feedforward.onnx_task`); ``None``: Keras layouts
     (:func:`paper_repro.core.quantize.default_channel_axis`).
+    ``eval_fn``: what evaluations run, same signature and params as ``apply_fn`` (e.g. batch
+    norm folded at evaluation time, :mod:`paper_repro.feedforward.fast_eval`); ``None``:
+    ``apply_fn``, which stays the reference that graph tracing reads.
     """
 
     name: str
@@ -69,6 +72,7 @@ class Task:
     info: dict
     batch_size: int = 100
     channel_axis: int | None = None
+    eval_fn: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,7 +280,8 @@ def correlation_summary(report: list[dict]) -> dict:
 
 
 def evaluate_params(task: Task, params, *, limit=None, per_class=None, progress=True):
-    return imagenet.evaluate(task.apply_fn, params, task.data, batch_size=task.batch_size,
+    return imagenet.evaluate(task.eval_fn or task.apply_fn, params, task.data,
+                             batch_size=task.batch_size,
                              preprocess_mode=task.preprocess_mode, limit=limit,
                              per_class=per_class, progress=progress)
 
@@ -406,7 +411,7 @@ def imagenet_task(model: str, *, weights: str | os.PathLike, data: str | os.Path
     ``data`` is a folder of class subfolders or a flat folder with ``labels`` (see
     :func:`paper_repro.feedforward.imagenet.open_source`); images are decoded once into the cache.
     """
-    from paper_repro.feedforward import models
+    from paper_repro.feedforward import fast_eval, models
     from paper_repro.feedforward import weights as W
 
     spec = models.get(model, alpha)
@@ -435,7 +440,8 @@ def imagenet_task(model: str, *, weights: str | os.PathLike, data: str | os.Path
         info["packed"] = packed
     return Task(name=spec.name + (f"_{spec.alpha:g}" if spec.alpha else ""),
                 apply_fn=models.make_apply(spec), params=params, data=images,
-                preprocess_mode=spec.preprocess_mode, info=info, batch_size=batch_size)
+                preprocess_mode=spec.preprocess_mode, info=info, batch_size=batch_size,
+                eval_fn=fast_eval.make_eval_apply(spec))
 
 
 # --- Summaries ----------------------------------------------------------------------------------

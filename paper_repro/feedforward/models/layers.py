@@ -115,6 +115,12 @@ def _depthwise(x, kernel, strides, padding):
         return _depthwise_grouped(x, kernel, strides, padding)
     if DEPTHWISE != "shift":
         raise ValueError(f"PAPER_REPRO_DEPTHWISE must be 'shift' or 'grouped', got {DEPTHWISE!r}")
+    return _depthwise_shift(x, kernel, strides, padding)
+
+
+def _depthwise_shift(x, kernel, strides, padding):
+    """Depthwise convolution as a sum of ``kh * kw`` shifted, scaled copies of ``x``:
+    ``x (N, H, W, C)``, ``kernel (kh, kw, C, mult)`` -> ``(N, H', W', C * mult)``."""
     kh, kw, cin, mult = kernel.shape
     sh, sw = _pair(strides)
     if mult > 1:
