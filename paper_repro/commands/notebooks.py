@@ -38,8 +38,20 @@ def execute(name: str, *, smoke: bool, timeout: int = 3600, out_dir: Path | None
     os.environ["TQDM_DISABLE"] = "1"  # progress bars are for people, not for stored copies
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
-                       resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
+        import tempfile
+
+        from jupyter_client.manager import KernelManager
+
+        # a local socket in a private folder: no network port, no transport warning
+        with tempfile.TemporaryDirectory(prefix="paper-repro-kernel-") as sock:
+            km = KernelManager(kernel_name="python3", transport="ipc",
+                               ip=str(Path(sock) / "kernel"))
+            try:
+                NotebookClient(nb, km=km, timeout=timeout, record_timing=False,
+                               resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
+            finally:
+                if km.has_kernel:
+                    km.shutdown_kernel(now=True)
     finally:
         for k, v in saved.items():
             if v is None:
