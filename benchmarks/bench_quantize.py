@@ -121,7 +121,7 @@ def reference_comparison(layers, tables, bits_list) -> None:
           f"layers {sample}:")
     for b in bits_list:
         parts = [tables["channel"][i] for i in sample]
-        for rep in range(2):  # the second run is warm
+        for _rep in range(2):  # the second run is warm
             clk = Clock()
             r_ref = np.concatenate([np.asarray(reference_exponential_r(m, bits=b)) for m in parts])
             t_ref = clk()

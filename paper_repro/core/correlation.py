@@ -35,10 +35,12 @@ def _pow2_scale(top, xp):
 
     Dividing by ``s`` is exact in binary floating point, so tables and fits computed on
     ``w / s`` are the same numbers as on ``w``, scaled, without overflow near the float32
-    maximum (``E[w^2]`` of ``1e37`` overflows) or underflow. ``s`` stays a normal float32.
+    maximum (``E[w^2]`` of ``1e37`` overflows) or underflow. ``s`` and ``1 / s`` stay normal
+    float32 numbers (``s <= 2^126``: compilers divide by multiplying with ``1 / s``, and a
+    subnormal ``1 / s`` flushes to zero), so ``top / s < 4`` for the largest floats.
     """
     _, e = xp.frexp(xp.asarray(top, xp.float32))
-    e = xp.clip(e - 1, -126, 127)
+    e = xp.clip(e - 1, -126, 126)
     s = xp.ldexp(xp.ones_like(xp.asarray(top, xp.float32)), e.astype(xp.int32))
     return xp.where(xp.asarray(top) > 0, s, xp.float32(1.0)).astype(xp.float32)
 

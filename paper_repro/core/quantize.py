@@ -43,7 +43,8 @@ Inputs and degenerate weights:
 - Per-channel fitting needs an array with a channel axis and at least one more axis; a 1-D
   array is refused (it would get one codebook per element).
 - Tables are computed on ``w / s`` with ``s`` a power of two near ``max|w|`` (exact), so
-  weights near the float32 maximum (``1e37``) fit without overflow.
+  weights up to the float32 maximum (``1e37``, ``3e38``) fit without overflow; fits are
+  exactly equivariant to power-of-two scalings of the weights.
 - All-zero tensor or channel: its codebook scale is ``c = 0``, so every level (and threshold)
   is 0 and the weights decode to zeros in every scheme, also those without a zero level.
   Elsewhere a scheme without a zero level maps an exact zero weight to the smallest level of
@@ -247,6 +248,7 @@ class Quantizer:
 _GRID_1D = 48  # first grid of a one-parameter search
 _ZOOM_U = 17  # points per zoom round of the top-level search (2 rounds, each 8x finer)
 _TIE = 1e-6  # r within this of the best counts as a tie (broken toward least squares)
+_CONST = 4e-7  # 1 - E|w|^2 / E[w^2] below this: a constant channel (float32 rounding)
 _BIG = 1e30  # a threshold above every weight (closed-form densities included)
 # search box: u = log(c / top), rho = log(c / smallest level), v = log(rho), w = u - rho
 _U = (-math.log(100.0), 0.0)
@@ -375,21 +377,26 @@ def _axis_offsets(n: int, axis: int) -> np.ndarray:
 
 
 def _u_track() -> _Track:
-    """The top level alone: ``u`` on a grid ending at ``u = 0`` (max-anchored), then zooms.
+    """The top level alone: ``u`` on a grid from ``u = 0`` (max-anchored) down, then zooms.
 
-    Two zoom rounds of 17 points (8x finer each) reach the resolution of four 9-point rounds
-    in half the passes over the levels.
+    The grid runs downward, so ties of ``r`` keep the max-anchored top level. Two zoom rounds
+    of 17 points (8x finer each) reach the resolution of four 9-point rounds in half the passes
+    over the levels.
     """
-    u = np.linspace(*_U, _GRID_1D, dtype=np.float32)
+    u = np.linspace(_U[1], _U[0], _GRID_1D, dtype=np.float32)
     return _Track(np.stack([u, np.zeros_like(u)], -1), _axis_offsets(_ZOOM_U, 0),
                   ((_U[1] - _U[0]) / (_GRID_1D - 1), 0.0), (_U[0], 0.0), (_U[1], 0.0),
                   lambda z: (z[..., 0], jnp.ones_like(z[..., 0])), gain_dir=(1.0, 0.0))
 
 
 def _v_track(plan) -> _Track:
-    """The base alone, top level pinned at ``max|w|``: ``v = log(rho)`` grid, then zooms."""
+    """The base alone, top level pinned at ``max|w|``: ``v = log(rho)`` grid, then zooms.
+
+    The grid runs from the widest level range down, so ties of ``r`` (a plateau, e.g. a
+    constant channel) do not pick nearly equal levels.
+    """
     n, zoom = plan[3]
-    v = np.linspace(*_V, n, dtype=np.float32)
+    v = np.linspace(_V[1], _V[0], n, dtype=np.float32)
     return _Track(np.stack([np.zeros_like(v), v], -1), _axis_offsets(zoom, 1),
                   (0.0, (_V[1] - _V[0]) / (n - 1)), (0.0, _V[0]), (0.0, _V[1]),
                   lambda z: (z[..., 0], jnp.exp(z[..., 1])))
@@ -401,7 +408,8 @@ def _uw_track(plan) -> _Track:
     ``w = log(smallest level / top)``: the ridge of ``r`` is nearly aligned with ``(u, w)``.
     """
     (nu, nv), (zu, zw), h_w, _, _ = plan
-    gu, gv = np.meshgrid(np.linspace(*_U, nu), np.linspace(*_V, nv), indexing="ij")
+    gu, gv = np.meshgrid(np.linspace(_U[1], _U[0], nu), np.linspace(_V[1], _V[0], nv),
+                         indexing="ij")  # downward: ties keep the max-anchored, wide levels
     start = np.stack([gu.ravel(), gu.ravel() - np.exp(gv.ravel())], -1).astype(np.float32)
     tu, tw = np.linspace(-1.0, 1.0, zu), np.linspace(-1.0, 1.0, zw)
     offsets = np.stack(np.meshgrid(tu, tw, indexing="ij"), -1).reshape(-1, 2).astype(np.float32)
@@ -475,7 +483,8 @@ def _fit_rows(mom, K, *, scheme: str, fit: str, rounding: str, base, plan) -> di
     and, for free exponential bases, ``rho = log(c / smallest level)`` in ``[0.01, 20]``
     (``a = exp(-rho / (K - 1))``): a first grid, then zooming grids (:func:`_search`, ties of
     ``r`` going to the least-squares scale). The free-base corr fit keeps the max-anchored
-    solution when it is better. An all-zero row gets ``c = 0`` and ``r = 1``.
+    solution when it is better. An all-zero row gets ``c = 0`` and ``r = 1``; a constant row
+    (all ``|w|`` equal) gets ``c = max|w|`` and gain 1, so it is reproduced exactly.
     """
     B = mom.m2.shape[0]
     empty = ~(mom.top > 0)
@@ -492,8 +501,12 @@ def _fit_rows(mom, K, *, scheme: str, fit: str, rounding: str, base, plan) -> di
         return _candidates(look, c1_tot, m2, top[:, None] * jnp.exp(u), lam, K, scheme=scheme,
                            rounding=rounding)
 
+    # all |w| equal (E|w|^2 = E[w^2] to float rounding): the top level reproduces them
+    const = ~empty & (c1_tot[:, 0] ** 2 >= mom.m2 * (1.0 - _CONST))
+
     def done(c, rho, r, g):
         a = jnp.exp(-rho / Km1) if free_base else jnp.broadcast_to(a_fixed, c.shape)
+        c, g = jnp.where(const, top if scheme != "sign" else c, c), jnp.where(const, 1.0, g)
         return {"c": jnp.where(empty, 0.0, c),
                 "a": jnp.asarray(a if scheme in _EXPONENTIAL else jnp.zeros_like(c), jnp.float32),
                 "r": jnp.where(empty, 1.0, r), "g": jnp.where(empty, 1.0, g)}
@@ -555,6 +568,8 @@ def _lloyd_rows(mom, *, bits):
         e_wq = jnp.sum(p * jnp.diff(c1))
         e_qq = jnp.sum(p * p * jnp.diff(c0))
         g = jnp.where(e_qq > 0, e_wq / jnp.where(e_qq > 0, e_qq, 1.0), 1.0)
+        const = ~empty & (c1[-1] ** 2 >= m.m2 * (1.0 - _CONST))
+        g = jnp.where(const, 1.0, g)
         return {"p": jnp.where(empty, 0.0, p), "c": jnp.where(empty, 0.0, p[-1]),
                 "a": jnp.float32(0.0), "r": jnp.where(empty, 1.0, _corr(e_wq, e_qq, m.m2)),
                 "g": jnp.where(empty, 1.0, g)}
