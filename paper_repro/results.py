@@ -65,7 +65,9 @@ def git_state() -> dict[str, Any]:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        # the result files being written are not the code that computed them
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)results"],
                                cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
         return {"commit": sha, "tree_dirty": bool(dirty)}
     except (OSError, subprocess.CalledProcessError):
