@@ -1,4 +1,4 @@
-"""Correlation between weights and their quantized copies (SCIENCE.md section 2).
+"""Correlation between weights and their quantized copies (docs/theory.md section 2).
 
 Write a quantized weight as ``Q(w) = g w + e`` with ``e`` uncorrelated with ``w``. Then
 ``min_g E[(w - g Q(w))^2] = E[w^2] (1 - r^2)`` with ``r = corr(w, Q(w))``: maximizing ``r`` is

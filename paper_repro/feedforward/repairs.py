@@ -1,4 +1,4 @@
-"""Data-free repairs around post-training quantization (SCIENCE.md sections 2 and 4).
+"""Data-free repairs around post-training quantization (docs/theory.md sections 2 and 4).
 
 Correlation (section 2) scores a quantizer by ``r = corr(w, Q(w))``; it is blind to the mean
 of ``Q(w) - w``. A ReLU6 network with batch norm is not: a change in a kernel's sum (its DC
