@@ -1,59 +1,70 @@
-"""Data-free repairs around post-training quantization (docs/theory.md sections 2 and 4).
+"""Data-free repairs around post-training quantization, on any traced layer graph.
 
-Correlation (section 2) scores a quantizer by ``r = corr(w, Q(w))``; it is blind to the mean
-of ``Q(w) - w``. A ReLU6 network with batch norm is not: a change in a kernel's sum (its DC
-gain) shifts every output channel's mean, and MobileNet v1's depthwise channels (nine weights
-each) make such shifts large. The tools here fix that and the other known data-free failure
-modes, without images or retraining:
+Correlation scores a quantizer by ``r = corr(w, Q(w))``; it is blind to the mean of
+``Q(w) - w``. A network is not: a change in a kernel's sum (its DC gain) shifts every output
+channel's mean, and small kernels (MobileNet's nine-weight depthwise channels) make such
+shifts large. The tools here fix that and the other known data-free failure modes, without
+images or retraining, on the wiring that :mod:`paper_repro.feedforward.graph` traces from
+the model itself (Flax modules, any JAX function, ONNX graphs):
 
-- :func:`bias_correct`: the expected output shift of each quantized kernel,
-  ``E[y_q - y] = sum (Q(w) - w) E[x]``, with ``E[x]`` from the preceding batch norm (``beta``
-  as the mean, ``gamma sqrt(var / (var + eps))`` as the spread) pushed analytically through
-  ReLU / ReLU6 (a clipped-Gaussian mean, :func:`clipped_gaussian_moments`), or, for the
-  first layer, from the input statistics (the mean of preprocessed ImageNet). The shift is
-  averaged over output positions with the layer's own zero padding (image borders see fewer
-  taps) and absorbed into the following batch norm's moving mean, or the layer's bias.
+- :func:`propagate`: the expected value and variance of every node's output, computed
+  analytically through the graph from the input statistics of the preprocessing convention
+  (:data:`PREPROCESS_STATS`: per-channel mean and std of natural images after
+  normalisation; constants, not data). Linear layers map means exactly (zero-padding borders
+  included, by running the layer on the mean map) and variances under an independent-input
+  approximation (the layer run with squared kernels); batch norms with statistics set each
+  channel's average moments to them (``beta``, ``gamma^2 var / (var + eps)``), the
+  propagated maps keeping the spatial pattern; ReLU /
+  ReLU6 take clipped-Gaussian moments, other activations Gauss-Hermite quadrature; max
+  pooling the exact maximum of independent Gaussians (through the monotone activation before
+  it); sums, concatenations, slices, shuffles and pads carry moments along.
+- :func:`bias_correct`: the expected output shift of each quantized layer,
+  ``E[y_q - y] = layer(E[x]; W_q) - layer(E[x]; W)`` averaged over output positions, absorbed
+  into the layer's bias, or the following batch norm's moving mean, or a new bias where the
+  model reads one. The pipeline (:func:`quantize_model`, the commands, the recipe) corrects
+  only layers whose expected input is *anchored* in known
+  statistics (:func:`anchoring`: batch-norm statistics or the preprocessing constants,
+  through linear maps and activations of known moments) are corrected: on real images the
+  independent-input variance approximation underestimates deep pre-activation variances
+  many times over (ShuffleNetV2 with folded batch norms: 5-25x), and corrections from such
+  means cost accuracy; ``scope="all"`` corrects every layer from the propagated moments.
 - :func:`mean_preserving_codes`: re-round a few weights per output channel to the adjacent
   level so that ``sum Q(w) = sum w`` per channel (codes stay on the codebook).
 - :func:`fold_bn`: fold each batch norm into the preceding kernel (what a deployment would
   quantize); the batch norm is left as an exact identity plus bias.
 - :func:`equalize`: cross-layer equalization of channel ranges of consecutive kernels
-  (Nagel et al. 2019, data-free quantization): channel ``c`` of the first kernel (and its
-  bias) divided by ``s_c``, input channel ``c`` of the next multiplied by ``s_c``; exact
-  through ReLU, and through ReLU6 only where the channel never reaches the clip (checked on the
-  batch-norm statistics, ``beta + 4 spread < 6 min(1, s_c)``), otherwise ``s_c = 1``.
+  (Nagel et al. 2019): channel ``c`` of the first kernel divided by ``s_c``, input channel
+  ``c`` of the next multiplied by ``s_c``; exact through ReLU, and through ReLU6 only where
+  worst-case interval bounds (:func:`output_bounds`) keep the channel below the clip.
 - :func:`allocate_bits`: per-layer bit widths for an average budget (codes plus codebook
   parameters), chosen greedily to minimize the predicted relative output noise
-  ``sum over layers (1 - r^2) / r^2`` (section 2), with ``r`` measured per output channel
-  and width (:func:`channel_noise`).
+  ``sum over layers (1 - r^2) / r^2``, with ``r`` measured per output channel and width
+  (:func:`channel_noise`).
+- :data:`RECIPES`: the named data-free recipe (``--recipe datafree`` of ``paper-repro
+  evaluate`` and ``paper-repro pack``), the same settings on every network.
 
-Measured (``notebooks/datafree.ipynb``, ``results/datafree/``; least-squares gain, per-channel
-correlation-fitted levels, batch norm in float). MobileNet 0.75 on 1300 real validation
-images, float top-1 78.08:
+Measured with the recipe (``paper-repro evaluate ... --policy crop --recipe datafree
+--avg-bits B --json`` on the 1300-image validation sample; drop vs float on the same images):
 
-==========================================  =======  =====================================
-configuration                               top-1    compression (codebooks as parameters)
-==========================================  =======  =====================================
-linear 5 bits                               25.00    5.86
-linear 5 + bias correction                  74.15    5.86
-linear 5 + mean-preserving                  60.38    5.86
-linear 5 + mean-preserving + correction     76.92    5.86
-... + fold + equalize                       76.62    5.86
-mixed, 5.0 bits average, linear, mp + bc    77.62    5.98   (target: lose <= 0.5: met)
-exponential 5 + bias correction             76.46    5.74
-linear 6 + bias correction                  77.77    4.96
-linear 4 + mean-preserving + correction     66.62    7.15
-exponential 4 + mp + bc                     75.23    6.97
-mixed, 4.0 bits average, exponential        75.92    7.33   (target: lose <= 2: 2.15 lost)
-==========================================  =======  =====================================
+=============================================  =====  ======  ======  ===========
+network (float top-1)                          bits   top-1   drop    compression
+=============================================  =====  ======  ======  ===========
+MobileNet 0.75, Keras .h5 (78.08)              avg 5  78.00   0.08    5.98x
+MobileNet 0.75                                 avg 4  75.23   2.85    7.33x
+ShuffleNetV2 x0.5, ONNX, BN folded (71.23)     avg 5  70.00   1.23    6.37x
+ShuffleNetV2 x0.5                              avg 4  65.92   5.31    7.81x
+digits CNN, held-out 449 (98.66)               avg 4  98.22   0.45    7.66x
+digits CNN                                     avg 3  92.87   5.79    10.0x
+=============================================  =====  ======  ======  ===========
 
-Digits CNN: see ``results/datafree/digits/table.md`` (bias correction recovers most of
-the 2-bit loss there too).
+ShuffleNetV2 is dominated by mean shifts (exponential 6 bits per channel with no repair:
+67.31; linear 8 bits: 70.69; exponential 8 bits: 71.23) and at 5 bits average by its
+classifier (three quarters of its weights, 4 bits): even a bias correction with the true
+layer-input means (measured on images, not data-free) only reaches 70.31 there.
 
-All of it needs the wiring of a network: which kernel feeds which batch norm or bias, which
-activation and pooling precede each kernel, the padding of each convolution. :func:`topology`
-gives it for MobileNet v1, MobileNetV2 and the embedded digits CNN (from the parameter names;
-a network not recognized raises with what to do).
+A network's graph is traced once and attached to its parameters (:func:`attach_task`,
+:func:`attach`; :func:`quantize_model` finds it again by the parameter tree's identity), or
+passed with its input statistics as ``wiring=Wiring(graph, mean, std, lo, hi)``.
 """
 
 from __future__ import annotations
@@ -62,183 +73,113 @@ import dataclasses
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from scipy import special
 
 from paper_repro.core import correlation as corr_mod
 from paper_repro.core import quantize as Q
-from paper_repro.feedforward.models.mobilenet import _V1_BLOCKS
+from paper_repro.feedforward import graph as G
 
-BN_EPS = 1e-3  # Keras BatchNormalization default, used by every Keras-applications model here
-_DN = ("NHWC", "HWIO", "NHWC")
+# Per-channel (mean, std, min, max) of natural images after each preprocessing convention,
+# from the usual ImageNet RGB channel means (123.68, 116.78, 103.94) and standard deviations
+# (58.4, 57.1, 57.4) on the 0..255 scale. Channel order is the network input's ('caffe': BGR).
+_RGB_MEAN = np.array([123.68, 116.78, 103.94])
+_RGB_STD = np.array([58.4, 57.1, 57.4])
+PREPROCESS_STATS: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {
+    # x / 127.5 - 1: values in [-1, 1]
+    "tf": (_RGB_MEAN / 127.5 - 1, _RGB_STD / 127.5, np.full(3, -1.0), np.full(3, 1.0)),
+    # BGR, ImageNet BGR means subtracted: mean ~0 per channel
+    "caffe": (np.zeros(3), _RGB_STD[::-1].copy(), -np.array([103.939, 116.779, 123.68]),
+              255.0 - np.array([103.939, 116.779, 123.68])),
+    # (x / 255 - mean) / std with the ImageNet mean and std: ~0 mean, ~1 std per channel
+    "torch": (np.zeros(3), np.ones(3),
+              -np.array([0.485, 0.456, 0.406]) / np.array([0.229, 0.224, 0.225]),
+              (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])),
+}
 
-# Mean and standard deviation of the 'tf'-preprocessed ImageNet input (x / 127.5 - 1), from the
-# usual ImageNet RGB channel means (123.68, 116.78, 103.94) and stds (58.4, 57.1, 57.4).
-IMAGENET_TF_MEAN = (123.68 / 127.5 - 1, 116.78 / 127.5 - 1, 103.94 / 127.5 - 1)
-IMAGENET_TF_STD = (58.4 / 127.5, 57.1 / 127.5, 57.4 / 127.5)
+
+# --- Graphs attached to parameter trees ---------------------------------------------------------
 
 
-# --- Topology -----------------------------------------------------------------------------------
+@dataclasses.dataclass(eq=False)
+class Wiring:
+    """A traced graph plus the input statistics its moments start from.
 
-
-@dataclasses.dataclass(frozen=True)
-class Layer:
-    """One quantizable kernel and its wiring.
-
-    ``name``: the layer (params key); ``var``: its kernel variable (``kernel``,
-    ``depthwise_kernel``); ``kind``: ``conv`` ``(kh, kw, in, out)``, ``depthwise``
-    ``(kh, kw, C, 1)`` or ``dense`` ``(in, out)``; ``bn``: the batch norm right after (``None``:
-    the layer's own ``bias`` absorbs shifts); ``act``: activation after it (``relu6``, ``relu``,
-    ``linear``); ``prev``: the layer whose activated output feeds this one (``None``: the
-    network input); ``pool``: what lies between (``None``, ``"gap"`` global average,
-    ``"max2_flatten"`` 2x2 max-pool then flatten); ``strides``, ``padding`` (``"SAME"``,
-    ``"VALID"`` or explicit pairs, zero padding included), ``in_hw`` the input's spatial size.
+    ``in_mean`` / ``in_std``: ``(C,)`` per channel or the input's full per-example shape;
+    ``in_lo`` / ``in_hi``: bounds of the preprocessed input (for :func:`output_bounds`).
     """
 
-    name: str
-    var: str
-    kind: str
-    bn: str | None
-    act: str
-    prev: str | None
-    pool: str | None = None
-    strides: int = 1
-    padding: Any = "VALID"
-    in_hw: tuple[int, int] | None = None
-
-    @property
-    def path(self) -> str:
-        return f"{self.name}/{self.var}"
+    graph: G.Graph
+    in_mean: np.ndarray
+    in_std: np.ndarray
+    in_lo: np.ndarray
+    in_hi: np.ndarray
+    preprocess: str = ""
 
 
-def _same_out(h: int, s: int) -> int:
-    return -(-h // s)
+_ATTACHED: dict[int, tuple[Any, Wiring]] = {}
 
 
-def mobilenet_v1_topology(params, *, input_size: int = 224) -> list[Layer]:
-    """MobileNet v1 (``conv1``, ``conv_dw_i`` / ``conv_pw_i``, ``conv_preds``)."""
-    n = max(int(m.group(1)) for k in params if (m := re.fullmatch(r"conv_dw_(\d+)", k)))
-    hw = input_size
-    out = [Layer("conv1", "kernel", "conv", "conv1_bn", "relu6", None, strides=2,
-                 padding="SAME", in_hw=(hw, hw))]
-    hw = _same_out(hw, 2)
-    prev = "conv1"
-    for i in range(1, n + 1):
-        # the Keras model's stride-2 blocks (models.mobilenet._V1_BLOCKS)
-        stride = 2 if i in _V1_STRIDE2 else 1
-        out.append(Layer(f"conv_dw_{i}", "depthwise_kernel", "depthwise", f"conv_dw_{i}_bn",
-                         "relu6", prev, strides=stride,
-                         padding="SAME" if stride == 1 else ((0, 1), (0, 1)), in_hw=(hw, hw)))
-        hw = hw if stride == 1 else (hw + 1 - 3) // 2 + 1
-        out.append(Layer(f"conv_pw_{i}", "kernel", "conv", f"conv_pw_{i}_bn", "relu6",
-                         f"conv_dw_{i}", padding="SAME", in_hw=(hw, hw)))
-        prev = f"conv_pw_{i}"
-    if "conv_preds" in params:
-        out.append(Layer("conv_preds", "kernel", "conv", None, "linear", prev, pool="gap",
-                         in_hw=(1, 1)))
-    return out
+def attach(params, wiring: Wiring) -> Wiring:
+    """Remember ``wiring`` for this parameter tree (by identity; the tree is kept alive), so
+    that :func:`quantize_model` (and sweeps calling it) find the graph. Returns ``wiring``."""
+    _ATTACHED[id(params)] = (params, wiring)
+    return wiring
 
 
-_V1_STRIDE2 = tuple(i for i, (_, st) in enumerate(_V1_BLOCKS, start=1) if st == 2)
+def attached(params) -> Wiring | None:
+    """The :class:`Wiring` attached to this very tree, or ``None``."""
+    hit = _ATTACHED.get(id(params))
+    return hit[1] if hit is not None and hit[0] is params else None
 
 
-def mobilenet_v2_topology(params, *, input_size: int = 224) -> list[Layer]:
-    """MobileNetV2 (``Conv1``, ``expanded_conv_*``, ``block_i_*``, ``Conv_1``, ``predictions``).
+def input_statistics(preprocess: Any, *, model: str | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean, std, lo, hi)`` of the preprocessed input for a preprocessing convention.
 
-    The residual sums feed the next block's expansion: their mean is the sum of the two
-    branches' means (each a linear batch-norm output), which is what ``prev`` = a tuple
-    expresses here.
+    ``"tf"``, ``"caffe"``, ``"torch"``: :data:`PREPROCESS_STATS` (per channel). The
+    embedded digits CNN (``model="digits_cnn"``, grey levels / 16): the mean and standard
+    deviation images of its training split (no labels), in [0, 1]. Raises ``ValueError``
+    for any other convention.
     """
-    from paper_repro.feedforward.models.mobilenet import _V2_BLOCKS
-
-    hw = input_size
-    out = [Layer("Conv1", "kernel", "conv", "bn_Conv1", "relu6", None, strides=2,
-                 padding="SAME", in_hw=(hw, hw))]
-    hw = _same_out(hw, 2)
-    prev: Any = "Conv1"
-    for b, (_, stride, _) in enumerate(_V2_BLOCKS):
-        pre = f"block_{b}_" if b else "expanded_conv_"
-        if b:
-            out.append(Layer(f"{pre}expand", "kernel", "conv", f"{pre}expand_BN", "relu6", prev,
-                             padding="SAME", in_hw=(hw, hw)))
-            dw_prev = f"{pre}expand"
-        else:
-            dw_prev = prev
-        pad = "SAME" if stride == 1 else ((1 - (1 - hw % 2), 1), (1 - (1 - hw % 2), 1))
-        out.append(Layer(f"{pre}depthwise", "depthwise_kernel", "depthwise", f"{pre}depthwise_BN",
-                         "relu6", dw_prev, strides=stride, padding=pad, in_hw=(hw, hw)))
-        hw = hw if stride == 1 else _same_out(hw, 2)
-        out.append(Layer(f"{pre}project", "kernel", "conv", f"{pre}project_BN", "linear",
-                         f"{pre}depthwise", padding="SAME", in_hw=(hw, hw)))
-        c_in = np.shape(params[f"{pre}depthwise"]["depthwise_kernel"])[2]
-        c_in = c_in if not b else np.shape(params[f"{pre}expand"]["kernel"])[2]
-        c_out = np.shape(params[f"{pre}project"]["kernel"])[-1]
-        residual = b and stride == 1 and c_in == c_out
-        prev = (f"{pre}project",) + (prev if isinstance(prev, tuple) else (prev,)) \
-            if residual else f"{pre}project"
-    out.append(Layer("Conv_1", "kernel", "conv", "Conv_1_bn", "relu6", prev, padding="SAME",
-                     in_hw=(hw, hw)))
-    if "predictions" in params:
-        out.append(Layer("predictions", "kernel", "dense", None, "linear", "Conv_1", pool="gap"))
-    return out
-
-
-def digits_topology(params) -> list[Layer]:
-    """The embedded digits CNN: conv1 - ReLU - conv2 - ReLU - maxpool 2 - fc1 - ReLU - dense."""
-    return [
-        Layer("conv1", "kernel", "conv", None, "relu", None, padding="SAME", in_hw=(8, 8)),
-        Layer("conv2", "kernel", "conv", None, "relu", "conv1", padding="SAME", in_hw=(8, 8)),
-        Layer("fc1", "kernel", "dense", None, "relu", "conv2", pool="max2_flatten"),
-        Layer("dense", "kernel", "dense", None, "linear", "fc1"),
-    ]
-
-
-def topology(params, *, input_size: int = 224) -> list[Layer]:
-    """The wiring of a supported network, recognized from its parameter names.
-
-    ``input_size``: the ImageNet models' input side (the digits CNN is always 8x8).
-
-    Raises ``ValueError`` for other networks: write a list of :class:`Layer` for it (see
-    :func:`mobilenet_v1_topology`) and pass it as ``topo=``.
-    """
-    keys = set(params)
-    if {"conv1", "conv_dw_1", "conv_pw_1"} <= keys:
-        return mobilenet_v1_topology(params, input_size=input_size)
-    if {"Conv1", "expanded_conv_depthwise", "Conv_1"} <= keys:
-        return mobilenet_v2_topology(params, input_size=input_size)
-    if {"conv1", "conv2", "fc1", "dense"} <= keys:
-        return digits_topology(params)
-    raise ValueError(
-        "bias correction, batch-norm folding and equalization need the network's wiring; "
-        f"known: MobileNet v1/v2 and the digits CNN, got layers like {sorted(keys)[:5]}. "
-        "Pass topo=[correction.Layer(...), ...] for another network.")
-
-
-def input_stats(params, *, preprocess_mode: Any = "tf") -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (or per-pixel) mean and std of the preprocessed network input.
-
-    ImageNet models: the 'tf' / 'caffe' transforms of the usual ImageNet RGB statistics.
-    The digits CNN: mean and std images of its training split (the analogue of the published
-    ImageNet mean; no labels used). Returns ``(mean, std)``, each ``(C,)`` or ``(H, W, C)``.
-    """
-    keys = set(params)
-    if {"conv1", "conv2", "fc1", "dense"} <= keys:
+    if isinstance(preprocess, str) and preprocess in PREPROCESS_STATS:
+        return tuple(np.asarray(a, np.float64) for a in PREPROCESS_STATS[preprocess])
+    if model == "digits_cnn":
         from paper_repro.feedforward import digits
 
         train, _ = digits.load_data()
-        x = digits.preprocess(np.asarray(train.images, np.float32))
-        return x.mean(0), x.std(0)
-    if preprocess_mode == "caffe":
-        mean_bgr = np.zeros(3, np.float32)  # caffe subtracts the mean itself
-        std = np.array([57.4, 57.1, 58.4], np.float32)
-        return mean_bgr, std
-    return np.asarray(IMAGENET_TF_MEAN, np.float32), np.asarray(IMAGENET_TF_STD, np.float32)
+        x = np.asarray(digits.preprocess(np.asarray(train.images, np.float32)), np.float64)
+        return x.mean(0), x.std(0), np.zeros(1), np.ones(1)
+    raise ValueError(f"no input statistics for preprocessing {preprocess!r}: use one of "
+                     f"{sorted(PREPROCESS_STATS)} or pass the statistics to Wiring(...)")
+
+
+def attach_task(task, *, model: Any = None) -> Wiring:
+    """Trace a :class:`~paper_repro.feedforward.sweep.Task`'s network once and attach the
+    graph and the input statistics of its preprocessing to ``task.params``.
+
+    ``model``: an ONNX model (:func:`paper_repro.feedforward.onnx_model.load_onnx`) whose
+    graph is read from its node list; otherwise ``task.apply_fn`` is traced at the input
+    shape of the task's images. Idempotent.
+    """
+    hit = attached(task.params)
+    if hit is not None:
+        return hit
+    images = task.data.images if hasattr(task.data, "images") else task.data[0]
+    shape = (1,) + tuple(np.shape(images)[1:])
+    if model is not None and hasattr(model, "nodes") and hasattr(model, "constants"):
+        graph = G.from_onnx(model)
+    else:
+        graph = G.trace(task.apply_fn, task.params, shape)
+    mode = task.preprocess_mode
+    mean, std, lo, hi = input_statistics(mode, model=task.info.get("model"))
+    return attach(task.params, Wiring(graph, mean, std, lo, hi,
+                                      mode if isinstance(mode, str) else str(task.info.get(
+                                          "model", ""))))
 
 
 # --- Analytic moments ---------------------------------------------------------------------------
@@ -273,140 +214,361 @@ def clipped_gaussian_moments(m, s, *, lo: float = 0.0, hi: float = math.inf):
     return mean, var
 
 
-def _activate(m, s, act):
-    if act == "relu6":
-        return clipped_gaussian_moments(m, s, lo=0.0, hi=6.0)
-    if act == "relu":
-        return clipped_gaussian_moments(m, s, lo=0.0)
-    if act == "linear":
-        return np.asarray(m, np.float64), np.asarray(s, np.float64) ** 2
-    raise ValueError(f"unknown activation {act!r}")
+@dataclasses.dataclass
+class Moments:
+    """Expected value and variance of one node's output, per element (shape = the node's
+    output without the batch axis). ``pre``: ``(m, s, lo, hi)`` when the output is
+    ``clip(N(m, s^2), lo, hi)`` elementwise (a ReLU / ReLU6 of a Gaussian), else ``None``.
+    ``anchored``: the mean follows from known statistics (batch-norm statistics, the
+    preprocessing constants) through linear maps and activations of known moments only, not
+    from a variance of the independent-input approximation (see :func:`anchoring`)."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    pre: tuple | None = None
+    anchored: bool = True
 
 
-def bn_moments(bn: Mapping[str, Any], *, eps: float = BN_EPS) -> tuple[np.ndarray, np.ndarray]:
-    """Mean ``beta`` and spread ``|gamma| sqrt(var / (var + eps))`` of a batch norm's output."""
-    var = np.asarray(bn["moving_variance"], np.float64)
-    gamma = np.asarray(bn.get("gamma", np.ones_like(var)), np.float64)
-    beta = np.asarray(bn.get("beta", np.zeros_like(var)), np.float64)
-    return beta, np.abs(gamma) * np.sqrt(var / (var + eps))
+_CLIPS = {"relu": (0.0, math.inf), "relu6": (0.0, 6.0)}
+_HERMITE = np.polynomial.hermite.hermgauss(48)
 
 
-def _conv(x, w, layer: Layer):
-    """Apply ``layer``'s linear map to ``x (1, H, W, C)`` (or ``(1, n)`` for dense)."""
-    if layer.kind == "dense":
-        return x @ w
-    pad = layer.padding if isinstance(layer.padding, str) else tuple(map(tuple, layer.padding))
-    s = (layer.strides, layer.strides)
-    if layer.kind == "depthwise":
-        kh, kw, c, mult = w.shape
-        return lax.conv_general_dilated(x, w.reshape(kh, kw, 1, c * mult), s, pad,
-                                        dimension_numbers=_DN, feature_group_count=c)
-    return lax.conv_general_dilated(x, w, s, pad, dimension_numbers=_DN)
+def _np(x) -> np.ndarray:
+    return np.asarray(x, np.float64)
 
 
-def _as_map(v, layer: Layer):
-    """Broadcast per-channel ``(C,)`` stats to the layer's input map ``(1, H, W, C)``."""
-    v = np.asarray(v, np.float32)
-    if layer.kind == "dense":
-        return v.reshape(1, -1)
-    if v.ndim == 1:
-        h, w = layer.in_hw
-        return np.broadcast_to(v, (1, h, w, v.shape[0])).copy()
-    return v[None]
+def _f64(values) -> dict:
+    return {p: np.asarray(v, np.float64) for p, v in values.items()}
 
 
-def layer_moments(params, topo: Sequence[Layer], *, in_mean, in_std, eps: float = BN_EPS,
-                  key=None, mc_samples: int = 512) -> dict[str, dict[str, np.ndarray]]:
-    """Data-free moments of every layer's input and pre-activation output.
+def _run(node: G.Node, values, *xs) -> np.ndarray:
+    """``node.fn`` on unbatched maps (one example), in NumPy float64."""
+    return np.asarray(node.fn(values, *(np.asarray(x, np.float64)[None] for x in xs)),
+                      np.float64)[0]
 
-    Returns ``{layer: {"in_mean", "in_var", "out_mean", "out_std"}}``; input moments are
-    ``(C,)`` per channel or ``(H, W, C)`` maps. A layer followed by batch norm takes its output
-    moments from the batch norm; one with a bias propagates its input moments (independent
-    inputs: ``var = sum w^2 var_in``). A 2x2 max-pool is handled by Monte Carlo over
-    independent Gaussians (``key``, ``mc_samples``).
+
+def _squared(values: Mapping[str, Any], node: G.Node, *, absolute: bool = False) -> dict:
+    """``values`` with ``node``'s kernels squared (or made absolute) and its bias zeroed."""
+    v = dict(values)
+    for k in node.kernels:
+        v[k] = np.abs(v[k]) if absolute else v[k] * v[k]
+    if node.bias is not None:
+        v[node.bias] = np.zeros_like(v[node.bias])
+    return v
+
+
+def _channel_map(vec, shape, axis) -> np.ndarray:
+    """``(C,)`` per-channel values broadcast to an unbatched ``shape`` (channel ``axis`` of
+    the batched tensor), or a full map returned as is."""
+    vec = np.asarray(vec, np.float64)
+    if tuple(vec.shape) == tuple(shape):
+        return vec
+    ax = axis % (len(shape) + 1) - 1
+    sh = [1] * len(shape)
+    sh[ax] = -1
+    return np.broadcast_to(vec.reshape(sh), tuple(shape)).copy()
+
+
+def _per_channel(x, axis) -> np.ndarray:
+    """Mean over every axis but the channel axis (``axis`` of the batched tensor) of an
+    unbatched map."""
+    x = np.asarray(x, np.float64)
+    ax = axis % (x.ndim + 1) - 1
+    return np.moveaxis(x, ax, 0).reshape(x.shape[ax], -1).mean(1)
+
+
+def bn_vars(node: G.Node) -> dict[str, str]:
+    """``{"gamma", "beta", "mean", "var"} -> path`` of a batch norm (what it has)."""
+    if "bn_vars" in node.attrs:
+        return dict(node.attrs["bn_vars"])
+    g = node.group
+    names = {"gamma": "gamma", "beta": "beta", "mean": "moving_mean", "var": "moving_variance"}
+    return {k: f"{g}/{v}" for k, v in names.items() if f"{g}/{v}" in node.reads}
+
+
+def bn_affine(node: G.Node, values) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``(a, b)`` of a batch norm ``y = a x + b``, from its parameters and
+    epsilon. Raises ``ValueError`` when the epsilon is unknown."""
+    bv, eps = bn_vars(node), node.attrs.get("eps")
+    if eps is None or not {"mean", "var"} <= set(bv):
+        raise ValueError(f"batch norm {node.name!r}: statistics or epsilon unknown")
+    var = _np(values[bv["var"]])
+    gamma = _np(values[bv["gamma"]]) if "gamma" in bv else np.ones_like(var)
+    beta = _np(values[bv["beta"]]) if "beta" in bv else np.zeros_like(var)
+    a = gamma / np.sqrt(var + eps)
+    return a, beta - _np(values[bv["mean"]]) * a
+
+
+def _max_of_gaussians(m, s, lo, hi, reduce: Callable, *, grid: int = 96):
+    """Moments of ``clip(max over each window of independent N(m_i, s_i^2), lo, hi)``.
+
+    ``reduce(x)`` sums ``x`` (input-shaped) over each window. With ``G(t)`` the product of
+    the window's normal CDFs, ``E[Y] = L + int_L^U (1 - G)``, ``E[Y^2] = L^2 + int_L^U 2t
+    (1 - G)`` on ``[L, U]`` (``lo``/``hi``, or eight standard deviations out).
     """
-    key = jax.random.PRNGKey(0) if key is None else key
-    out: dict[str, dict[str, np.ndarray]] = {}
-    post: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # activated output (mean, var) per layer
-    for layer in topo:
-        if layer.prev is None:
-            m_in, v_in = np.asarray(in_mean, np.float64), np.asarray(in_std, np.float64) ** 2
-        else:
-            prevs = layer.prev if isinstance(layer.prev, tuple) else (layer.prev,)
-            m_in = sum(post[p][0] for p in prevs)
-            v_in = sum(post[p][1] for p in prevs)
-        if layer.pool == "gap" and np.ndim(m_in) == 3:
-            m_in, v_in = m_in.mean((0, 1)), v_in.mean((0, 1))
-        elif layer.pool == "max2_flatten":
-            k1, key = jax.random.split(key)
-            h, w, c = m_in.shape
-            z = np.asarray(jax.random.normal(k1, (mc_samples, h, w, c)))
-            x = m_in + np.sqrt(v_in) * z
-            x = x[:, : h // 2 * 2, : w // 2 * 2].reshape(mc_samples, h // 2, 2, w // 2, 2, c)
-            x = x.max((2, 4)).reshape(mc_samples, -1)
-            m_in, v_in = x.mean(0), x.var(0)
-        rec = {"in_mean": m_in, "in_var": v_in}
-        if layer.bn is not None:
-            o_m, o_s = bn_moments(params[layer.bn], eps=eps)
-        else:
-            w = jnp.asarray(params[layer.name][layer.var], jnp.float32)
-            b = np.asarray(params[layer.name].get("bias", 0.0), np.float64)
-            mm = np.asarray(_conv(_as_map(m_in, layer), w, layer), np.float64)[0]
-            vv = np.asarray(_conv(_as_map(v_in, layer), w * w, layer), np.float64)[0]
-            o_m, o_s = mm + b, np.sqrt(np.maximum(vv, 0.0))
-        rec["out_mean"], rec["out_std"] = o_m, o_s
-        post[layer.name] = _activate(o_m, o_s, layer.act)
-        out[layer.name] = rec
+    s = np.maximum(s, 1e-9 * (np.abs(m).max() + 1e-30))
+    L = lo if math.isfinite(lo) else float((m - 8 * s).min())
+    U = hi if math.isfinite(hi) else float((m + 8 * s).max())
+    U = max(U, L + 1e-9)
+    t = np.linspace(L, U, grid)
+    surv = np.stack([1.0 - np.exp(reduce(special.log_ndtr((tk - m) / s))) for tk in t])
+    w = np.full(grid, (U - L) / (grid - 1))
+    w[0] = w[-1] = w[0] / 2
+    e1 = L + np.tensordot(w, surv, axes=(0, 0))
+    e2 = L * L + np.tensordot(w * 2 * t, surv, axes=(0, 0))
+    return e1, np.maximum(e2 - e1 * e1, 0.0)
+
+
+def _window_reduce(node: G.Node) -> Callable:
+    if node.op == "maxpool":
+        win, st, pad = (node.attrs["window"], node.attrs["window_strides"],
+                        node.attrs["window_padding"])
+        dil = node.attrs.get("window_dilation", (1,) * len(win))
+
+        def red(x):
+            return G.np_reduce_window(x[None], 0.0, np.add, win, st, pad, dil)[0]
+        return red
+    axes = tuple(a - 1 for a in node.attrs["axes"])
+    keep = len(node.out_shape) == len(node.attrs["in_shapes"][0])
+
+    def red(x):
+        return np.sum(x, axis=axes, keepdims=keep)
+    return red
+
+
+def propagate(graph: G.Graph, params, *, in_mean, in_std, bn_stats: bool = True
+              ) -> dict[str, Moments]:
+    """:class:`Moments` of every node's output (and ``"input"``), computed analytically.
+
+    ``in_mean`` / ``in_std``: per channel ``(C,)`` or the input's unbatched shape;
+    ``bn_stats``: batch norms with moving statistics reset the moments to them (else a
+    batch norm is an affine map like any other). Inputs of a node are treated as independent
+    (sums add variances; max pools take independent maxima). Nodes without a rule (a
+    softmax) get NaN moments. NumPy float64, one example map per node.
+    """
+    values = _f64(G.flat_values(params))
+    ax = graph.channel_axis
+    shape0 = graph.input_shape[1:]
+    out = {"input": Moments(_channel_map(in_mean, shape0, ax),
+                            _channel_map(np.asarray(in_std, np.float64) ** 2, shape0, ax))}
+    for node in graph.nodes:
+        out[node.name] = _node_moments(graph, node, values, [out[i] for i in node.inputs],
+                                       bn_stats)
+    for name, (known_mean, _) in anchoring(graph, params, bn_stats=bn_stats).items():
+        out[name].anchored = known_mean
     return out
+
+
+def anchoring(graph: G.Graph, params, *, bn_stats: bool = True) -> dict[str, tuple[bool, bool]]:
+    """Which propagated moments follow from known statistics: ``{node: (mean known, variance
+    known)}``. The input's are (the preprocessing constants); a batch norm with moving
+    statistics knows both; linear maps keep a known mean but their output variance is the
+    independent-input approximation (real features are correlated, so it can be far off);
+    an activation knows its output only from known input moments, a max pool never (it
+    assumes independent neighbours); sums,
+    concatenations, slices and pads keep what their inputs know."""
+    values = G.flat_values(params)
+    out = {"input": (True, True)}
+    for n in graph.nodes:
+        ins = [out[i] for i in n.inputs]
+        m_ok = all(i[0] for i in ins)
+        v_ok = all(i[1] for i in ins)
+        if n.is_layer or n.op in ("sumpool", "sum"):
+            res = (m_ok, False)
+        elif n.op == "bn":
+            stats = bn_stats and {"mean", "var"} <= set(bn_vars(n)) and \
+                bn_vars(n)["mean"] in values
+            res = (True, True) if stats else (m_ok, v_ok)
+        elif n.op == "act" and n.act in ("identity", "affine"):
+            res = (m_ok, v_ok)
+        elif n.op == "act":
+            res = (m_ok and v_ok, m_ok and v_ok)
+        elif n.op in ("maxpool", "max"):  # assumes independent neighbours: an approximation
+            res = (False, False)
+        elif n.op in ("add", "sub"):
+            res = (m_ok, False)
+        elif n.op in ("concat", "reshape", "transpose", "slice", "reverse", "pad"):
+            res = (m_ok, v_ok)
+        else:
+            res = (False, False)
+        out[n.name] = res
+    return out
+
+
+def _pre_bounds(graph, name):
+    """Clip bounds of the ``pre`` Gaussian carried by node ``name`` (through data moves)."""
+    node = graph[name]
+    while node.op != "act":
+        node = graph[node.inputs[0]]
+    return _CLIPS[node.act]
+
+
+def _node_moments(graph, node, values, ins, bn_stats) -> Moments:
+    op = node.op
+    ax = graph.channel_axis
+    if node.is_layer:
+        m = _run(node, values, ins[0].mean)
+        v = _run(node, _squared(values, node), ins[0].var)
+        return Moments(m, np.maximum(v, 0.0))
+    if op == "bn":
+        bv = bn_vars(node)
+        zero = _run(node, values, np.zeros_like(ins[0].mean))
+        a = _run(node, values, np.ones_like(ins[0].mean)) - zero
+        m = _run(node, values, ins[0].mean)
+        v = a * a * ins[0].var
+        if bn_stats and {"mean", "var"} <= set(bv):
+            # the statistics fix each channel's average; the propagated maps keep the spatial
+            # pattern (image borders see fewer taps)
+            shape = node.out_shape[1:]
+            mm = _channel_map(values[bv["mean"]], node.attrs["in_shapes"][0][1:], ax)
+            beta = _run(node, values, mm)
+            m = m - _channel_map(_per_channel(m, ax), shape, ax) + beta
+            spread2 = _channel_map(values[bv["var"]], shape, ax) * a * a
+            avg = _channel_map(_per_channel(v, ax), shape, ax)
+            v = np.where(avg > 0, v * spread2 / np.where(avg > 0, avg, 1.0), spread2)
+        return Moments(m, np.maximum(v, 0.0))
+    if op == "act":
+        return _act_moments(node, values, ins[0])
+    if op in ("add", "sub"):
+        m = ins[0].mean + ins[1].mean if op == "add" else ins[0].mean - ins[1].mean
+        return Moments(m, ins[0].var + ins[1].var)
+    if op == "mul":
+        (m1, v1), (m2, v2) = (ins[0].mean, ins[0].var), (ins[1].mean, ins[1].var)
+        return Moments(m1 * m2, v1 * v2 + v1 * m2 * m2 + v2 * m1 * m1)
+    if op in ("concat", "reshape", "transpose", "slice", "reverse", "pad"):
+        m = _run(node, values, *(i.mean for i in ins))
+        zero = _run(node, values, *(np.zeros_like(i.var) for i in ins))
+        v = _run(node, values, *(i.var for i in ins)) - zero
+        pre = None
+        if len(ins) == 1 and ins[0].pre is not None and (
+                op != "pad" or node.attrs.get("value") == 0.0):  # zero: clip(N(0, 0))
+            pre = (_run(node, values, ins[0].pre[0]), _run(node, values, ins[0].pre[1])) + \
+                tuple(ins[0].pre[2:])
+        return Moments(m, np.maximum(v, 0.0), pre)
+    if op in ("sumpool", "sum"):
+        return Moments(_run(node, values, ins[0].mean), _run(node, values, ins[0].var))
+    if op in ("maxpool", "max"):
+        src = ins[0]
+        if src.pre is not None:
+            mm, ss, lo, hi = src.pre
+        else:
+            mm, ss, lo, hi = src.mean, np.sqrt(src.var), -math.inf, math.inf
+        return Moments(*_max_of_gaussians(mm, ss, lo, hi, _window_reduce(node)))
+    nan = np.full(node.out_shape[1:], np.nan)
+    return Moments(nan, nan)
+
+
+def _act_moments(node: G.Node, values, x: Moments) -> Moments:
+    kind = node.act
+    if kind in _CLIPS:
+        lo, hi = _CLIPS[kind]
+        s = np.sqrt(x.var)
+        m, v = clipped_gaussian_moments(x.mean, s, lo=lo, hi=hi)
+        return Moments(m, v, (x.mean, s, lo, hi))
+    if kind in ("identity", "affine"):
+        zero = _run(node, values, np.zeros_like(x.mean))
+        a = _run(node, values, np.ones_like(x.mean)) - zero
+        return Moments(a * x.mean + zero, a * a * x.var)
+    # any other elementwise function: Gauss-Hermite quadrature
+    t, w = _HERMITE
+    s = np.sqrt(x.var)
+    f = np.stack([_run(node, values, x.mean + math.sqrt(2.0) * s * tk) for tk in t])
+    wn = (w / math.sqrt(math.pi)).reshape((-1,) + (1,) * x.mean.ndim)
+    m = (wn * f).sum(0)
+    return Moments(m, np.maximum((wn * f * f).sum(0) - m * m, 0.0))
 
 
 # --- Bias correction ----------------------------------------------------------------------------
 
 
-def expected_shift(layer: Layer, w, w_hat, in_mean) -> np.ndarray:
-    """``(C_out,)`` expected output shift of ``layer`` when ``w`` becomes ``w_hat``.
-
-    ``E[y_q - y] = conv(E[x], w_hat - w)`` with the layer's zero padding, averaged over the
-    output positions (the least-squares constant when borders see fewer taps).
-    """
-    dw = jnp.asarray(w_hat, jnp.float32) - jnp.asarray(w, jnp.float32)
-    y = np.asarray(_conv(_as_map(in_mean, layer), dw, layer), np.float64)
-    return y.reshape(-1, y.shape[-1]).mean(0)
+def expected_shift(graph: G.Graph, node: G.Node, values_float, values_q, in_mean) -> np.ndarray:
+    """``(C_out,)`` expected output shift of layer ``node`` when its kernels change from
+    ``values_float`` to ``values_q`` (flat ``{path: array}``): the layer run on its mean
+    input map (zero padding included) with each, differenced, averaged over positions."""
+    return layer_shifts(graph, values_float, values_q, {node.name: in_mean})[node.name]
 
 
-def bias_correct(params_float, params_q, topo: Sequence[Layer], moments, *,
-                 paths: Sequence[str] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
-    """Absorb each quantized kernel's expected output shift (new tree, input not mutated).
+def layer_shifts(graph: G.Graph, values_float, values_q,
+                 in_means: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """:func:`expected_shift` of every layer named in ``in_means``."""
+    out = {}
+    for n, mean in in_means.items():
+        node = graph[n]
+        vf = _f64({p: values_float[p] for p in node.reads})
+        vq = dict(vf)
+        vq.update(_f64({k: values_q[k] for k in node.kernels}))
+        y = _run(node, vq, mean) - _run(node, vf, mean)
+        out[n] = _per_channel(y, graph.channel_axis) if y.ndim > 1 else y
+    return out
+
+
+def shift_sink(graph: G.Graph, node: G.Node, values) -> tuple[str, str]:
+    """Where layer ``node``'s output shift goes: ``("bias", path)`` (subtract), ``("bn",
+    moving-mean path)`` (add; the batch norm that alone reads the layer), or ``("new", path)``
+    (a bias to create). Raises ``ValueError`` if the model has none of these."""
+    if node.bias is not None:
+        return "bias", node.bias
+    cons = graph.consumers(node.name)
+    if len(cons) == 1 and graph[cons[0]].op == "bn":
+        mean = bn_vars(graph[cons[0]]).get("mean")
+        if mean in values:
+            return "bn", mean
+    if graph.bias_creatable:
+        return "new", f"{node.group}/bias"
+    raise ValueError(f"layer {node.name!r} has no bias and no batch norm to absorb its "
+                     "output shift, and the model reads no bias it does not have; keep it "
+                     "in float (keep_float) or switch bias correction off")
+
+
+def bias_correct(graph: G.Graph, params_float, params_q, moments: Mapping[str, Moments], *,
+                 paths: Sequence[str] | None = None, scope: str = "all"
+                 ) -> tuple[dict, dict[str, np.ndarray]]:
+    """Absorb each quantized layer's expected output shift (new tree; inputs not mutated).
 
     ``params_float``: the float reference (same layout as ``params_q``, e.g. both folded);
-    ``moments``: :func:`layer_moments` of the float network (input means, scaled like
-    ``params_float`` if it was equalized). Batch norm: ``moving_mean += shift``; bias:
-    ``bias -= shift`` (created if absent is not supported: such a layer raises).
+    ``moments``: :func:`propagate` on the float network (scaled like ``params_float`` if it
+    was equalized). ``scope``: ``"all"`` corrects every quantized layer from the propagated
+    moments; ``"anchored"`` only layers whose expected input is :attr:`Moments.anchored`
+    (known statistics, see :func:`anchoring`; what :func:`quantize_model` does by default).
     Returns ``(new_params, {layer: shift (C_out,)})``.
     """
-    new = {k: dict(v) if isinstance(v, Mapping) else v for k, v in params_q.items()}
-    shifts = {}
-    for layer in topo:
-        if paths is not None and layer.path not in paths:
+    if scope not in ("anchored", "all"):
+        raise ValueError(f"scope must be 'anchored' or 'all', got {scope!r}")
+    vf = G.flat_values(params_float)
+    vq = G.flat_values(params_q)
+    new = _copy_tree(params_q)
+    todo = [n for n in graph.layers if (paths is None or any(k in paths for k in n.kernels))
+            and not all(np.array_equal(np.asarray(vf[k]), np.asarray(vq[k]))
+                        for k in n.kernels)
+            and (scope == "all" or moments[n.inputs[0]].anchored)]
+    shifts = layer_shifts(graph, vf, vq, {n.name: moments[n.inputs[0]].mean for n in todo})
+    for node in todo:
+        shift = shifts[node.name]
+        kind, path = shift_sink(graph, node, vq)
+        if kind == "new":
+            _set(new, path, (-shift).astype(np.float32))
             continue
-        w = params_float[layer.name][layer.var]
-        wq = params_q[layer.name][layer.var]
-        if np.array_equal(np.asarray(w), np.asarray(wq)):
-            continue
-        shift = expected_shift(layer, w, wq, moments[layer.name]["in_mean"])
-        shifts[layer.name] = shift
-        if layer.bn is not None:
-            bn = dict(new[layer.bn])
-            bn["moving_mean"] = (np.asarray(bn["moving_mean"], np.float64) + shift).astype(
-                np.asarray(bn["moving_mean"]).dtype)
-            new[layer.bn] = bn
-        else:
-            if "bias" not in new[layer.name]:
-                raise ValueError(f"layer {layer.name!r} has neither a batch norm nor a bias to "
-                                 "absorb its shift; keep it in float (keep_float)")
-            b = np.asarray(new[layer.name]["bias"])
-            new[layer.name]["bias"] = (b.astype(np.float64) - shift).astype(b.dtype)
+        cur = np.asarray(_get(new, path))
+        val = cur.astype(np.float64) + (shift if kind == "bn" else -shift)
+        _set(new, path, val.astype(cur.dtype))
     return new, shifts
+
+
+def _copy_tree(params):
+    return {k: _copy_tree(v) if isinstance(v, Mapping) else v for k, v in params.items()}
+
+
+def _get(tree, path):
+    for k in path.split("/"):
+        tree = tree[k]
+    return tree
+
+
+def _set(tree, path, value):
+    *head, last = path.split("/")
+    for k in head:
+        tree = tree.setdefault(k, {})
+    tree[last] = value
 
 
 # --- Mean-preserving rounding -------------------------------------------------------------------
@@ -464,7 +626,8 @@ def mean_preserving_codes(w, codes, q: Q.Quantizer, *, channel_axis: int = -1) -
     return np.moveaxis(new_c.reshape(shape), 0, ax).astype(codes.dtype)
 
 
-def apply_mean_preserving(params_q, report: list[dict], params_float) -> tuple[dict, list[dict]]:
+def apply_mean_preserving(params_q, report: list[dict], params_float, *,
+                          channel_axis: int | None = None) -> tuple[dict, list[dict]]:
     """Re-round every quantized leaf of a :func:`~paper_repro.core.quantize.quantize_tree` result
     with :func:`mean_preserving_codes` (output channels by the Keras layout); update the
     report's codes, ``r`` and ``zero_fraction``. Returns ``(new_params, new_report)``."""
@@ -474,7 +637,7 @@ def apply_mean_preserving(params_q, report: list[dict], params_float) -> tuple[d
     for row in report:
         path, qz = row["path"], row["quantizer"]
         w = np.asarray(flat[path])
-        ax = Q.default_channel_axis(path, w)
+        ax = Q.default_channel_axis(path, w) if channel_axis is None else channel_axis
         codes = mean_preserving_codes(w, row["codes"], qz, channel_axis=ax)
         w_hat = np.asarray(Q.decode(codes, qz)).astype(w.dtype)
         layer, var = path.rsplit("/", 1)
@@ -488,81 +651,137 @@ def apply_mean_preserving(params_q, report: list[dict], params_float) -> tuple[d
 # --- Batch-norm folding and equalization --------------------------------------------------------
 
 
-def _out_axis(layer: Layer) -> int:
-    return -2 if layer.kind == "depthwise" else -1
+def _out_channels(node: G.Node, path: str, w: np.ndarray) -> tuple[np.ndarray, Callable]:
+    """How ``node``'s kernel at ``path`` maps to output channels: ``(w2, back)`` with
+    ``w2[..., o]`` the weights of output channel ``o`` and ``back(w2)`` the kernel again."""
+    last = path.rpartition("/")[2]
+    if node.op == "separable" and path == node.kernels[0]:
+        raise ValueError("the depthwise half of a separable layer has no output channels")
+    if node.op == "depthwise" and "depthwise" in last:  # Keras (kh, kw, C, mult)
+        return w.reshape(w.shape[:-2] + (-1,)), lambda a: a.reshape(w.shape)
+    return w, lambda a: a
 
 
-def fold_bn(params, topo: Sequence[Layer], *, eps: float = BN_EPS) -> dict:
-    """Fold each layer's batch norm into its kernel; the batch norm becomes identity + bias.
+def _in_axis(node: G.Node, w: np.ndarray, c_in: int) -> int:
+    """Kernel axis of ``node``'s input channels (first kernel of a separable layer)."""
+    if node.op == "dense":
+        return 0
+    if np.shape(w)[-2] == c_in:
+        return -2
+    if node.op == "depthwise" and np.shape(w)[-1] == c_in:  # ONNX / PyTorch (kh, kw, 1, C)
+        return -1
+    raise ValueError(f"cannot tell the input-channel axis of {node.name!r} ({np.shape(w)})")
 
-    ``w' = w * inv`` per output channel, ``inv = gamma / sqrt(var + eps)``; the batch norm keeps
-    ``beta' = beta - mean * inv`` with ``gamma = sqrt(1 + eps)``, ``var = 1``, ``mean = 0`` (so
-    it computes ``x + beta'``, up to one rounding). Same tree structure; input not mutated.
-    """
-    new = {k: dict(v) if isinstance(v, Mapping) else v for k, v in params.items()}
-    for layer in topo:
-        if layer.bn is None:
-            continue
-        bn = params[layer.bn]
-        var = np.asarray(bn["moving_variance"], np.float64)
-        gamma = np.asarray(bn.get("gamma", np.ones_like(var)), np.float64)
-        beta = np.asarray(bn.get("beta", np.zeros_like(var)), np.float64)
-        inv = gamma / np.sqrt(var + eps)
-        w = np.asarray(params[layer.name][layer.var], np.float64)
-        shape = [1] * w.ndim
-        shape[_out_axis(layer)] = -1
-        dt = np.asarray(params[layer.name][layer.var]).dtype
-        new[layer.name][layer.var] = (w * inv.reshape(shape)).astype(dt)
-        nb = {"moving_mean": np.zeros_like(var, dtype=np.float32),
-              "moving_variance": np.ones_like(var, dtype=np.float32),
-              "gamma": np.full(var.shape, math.sqrt(1 + eps), np.float32),
-              "beta": (beta - np.asarray(bn["moving_mean"], np.float64) * inv).astype(np.float32)}
-        new[layer.bn] = {k: nb[k] for k in bn}
+
+def _out_kernel(node: G.Node) -> str:
+    return node.kernels[-1]
+
+
+def _bn_pairs(graph: G.Graph) -> list[tuple[G.Node, G.Node]]:
+    out = []
+    for n in graph.layers:
+        cons = graph.consumers(n.name)
+        if len(cons) == 1 and graph[cons[0]].op == "bn":
+            out.append((n, graph[cons[0]]))
+    return out
+
+
+def fold_bn(graph: G.Graph, params) -> dict:
+    """Fold each batch norm into the layer it alone follows; the batch norm becomes an exact
+    identity plus bias (``var = 1 - eps``, ``mean = 0``, ``gamma = 1``, ``beta`` = the folded
+    offset, the layer's own bias moved into it). Same tree structure; input not mutated.
+    Raises ``ValueError`` where a batch norm's epsilon or statistics are unknown."""
+    values = G.flat_values(params)
+    new = _copy_tree(params)
+    for layer, bn in _bn_pairs(graph):
+        bv = bn_vars(bn)
+        eps = bn.attrs.get("eps")
+        if eps is None or not {"mean", "var", "beta"} <= set(bv):
+            raise ValueError(f"batch norm {bn.name!r}: epsilon or beta unknown, cannot fold")
+        a, c = bn_affine(bn, values)
+        path = _out_kernel(layer)
+        w = _np(values[path])
+        w2, back = _out_channels(layer, path, w)
+        _set(new, path, back(w2 * a).astype(np.asarray(values[path]).dtype))
+        if layer.bias is not None:
+            b = _np(values[layer.bias])
+            c = c + a * b
+            _set(new, layer.bias, np.zeros_like(np.asarray(values[layer.bias])))
+        n = a.shape[0]
+        _set(new, bv["mean"], np.zeros(n, np.float32))
+        _set(new, bv["var"], np.full(n, 1.0 - eps, np.float32))
+        if "gamma" in bv and bv["gamma"] in values:
+            _set(new, bv["gamma"], np.ones(n, np.float32))
+        _set(new, bv["beta"], c.astype(np.float32))
     return new
 
 
-def output_upper_bounds(params, topo: Sequence[Layer], *, input_max: float = 1.0) -> dict:
-    """Worst-case upper bound of each layer's pre-activation output on a *folded* network.
+def output_bounds(graph: G.Graph, params, *, in_lo, in_hi) -> dict[str, tuple]:
+    """Worst-case interval ``(lo, hi)`` of every node's output (unbatched maps) for inputs in
+    ``[in_lo, in_hi]`` (per channel): linear layers by centre and radius (the radius through
+    ``|W|``), batch norms and affine maps exactly, monotone activations and pools at the
+    ends, other activations by sampling the interval."""
+    values = _f64(G.flat_values(params))
+    ax = graph.channel_axis
+    shape0 = graph.input_shape[1:]
+    big = 1e30
+    out = {"input": (_channel_map(in_lo, shape0, ax), _channel_map(in_hi, shape0, ax))}
+    for node in graph.nodes:
+        ins = [tuple(np.clip(x, -big, big) for x in out[i]) for i in node.inputs]
+        lo0, hi0 = ins[0]
+        if node.is_layer:
+            c, r = (lo0 + hi0) / 2, (hi0 - lo0) / 2
+            yc = _run(node, values, c)
+            yr = _run(node, _squared(values, node, absolute=True), r)
+            res = (yc - yr, yc + yr)
+        elif node.op == "bn" or node.act in ("affine", "identity"):
+            zero = _run(node, values, np.zeros_like(lo0))
+            a = _run(node, values, np.ones_like(lo0)) - zero
+            u, v = a * lo0 + zero, a * hi0 + zero
+            res = (np.minimum(u, v), np.maximum(u, v))
+        elif node.op == "act":
+            f = np.stack([_run(node, values, lo0 + t * (hi0 - lo0))
+                          for t in np.linspace(0.0, 1.0, 33)])
+            res = (f.min(0), f.max(0))
+        elif node.op == "add":
+            res = (lo0 + ins[1][0], hi0 + ins[1][1])
+        elif node.op == "sub":
+            res = (lo0 - ins[1][1], hi0 - ins[1][0])
+        elif node.op == "mul":
+            q = np.stack([lo0 * ins[1][0], lo0 * ins[1][1], hi0 * ins[1][0], hi0 * ins[1][1]])
+            res = (q.min(0), q.max(0))
+        else:  # data movement, sums and max pools: monotone in every input
+            res = (_run(node, values, *(i[0] for i in ins)),
+                   _run(node, values, *(i[1] for i in ins)))
+        out[node.name] = (np.where(res[0] <= -big, -np.inf, res[0]),
+                          np.where(res[1] >= big, np.inf, res[1]))
+    return out
 
-    ``top_c = bias_c + sum max(w, 0) * max(x)`` (``|w|`` on the signed network input), the inputs' maxima propagated through ReLU6
-    (at most 6), ReLU and pooling; ``input_max`` bounds the preprocessed input ('tf': 1).
-    Returns ``{layer: (C_out,)}`` (``inf`` where unbounded).
-    """
-    post: dict[str, np.ndarray] = {}
-    out = {}
-    for layer in topo:
-        if layer.prev is None:
-            xmax: Any = input_max
-        else:
-            prevs = layer.prev if isinstance(layer.prev, tuple) else (layer.prev,)
-            xmax = np.minimum(sum(post[p] for p in prevs), 1e30)  # unbounded: huge, not inf
-        w = np.asarray(params[layer.name][layer.var], np.float64)
-        # inputs in [0, xmax] after ReLU/ReLU6; the network input lies in [-xmax, xmax]
-        wp = np.abs(w) if layer.prev is None else np.maximum(w, 0.0)
-        if layer.kind == "depthwise":
-            xm = np.broadcast_to(xmax, (w.shape[2],)) if np.ndim(xmax) == 0 else xmax
-            top = (wp.sum((0, 1)) * np.asarray(xm)[:, None]).reshape(-1)
-        elif layer.kind == "dense" and layer.pool == "max2_flatten":
-            top = np.full(w.shape[-1], np.inf)
-        else:
-            wp2 = wp.reshape(-1, w.shape[-2], w.shape[-1]).sum(0)
-            xm = np.broadcast_to(xmax, (w.shape[-2],)) if np.ndim(xmax) == 0 else xmax
-            top = np.asarray(xm) @ wp2
-        if layer.bn is not None:
-            bn = params[layer.bn]
-            var = np.asarray(bn["moving_variance"], np.float64)
-            inv = np.asarray(bn.get("gamma", np.ones_like(var)), np.float64) / np.sqrt(
-                var + BN_EPS)
-            top = top * np.abs(inv) + np.asarray(bn.get("beta", 0.0), np.float64) \
-                - np.asarray(bn["moving_mean"], np.float64) * inv
-            if np.any(inv < 0):
-                top = np.where(inv < 0, np.inf, top)
-        elif "bias" in params[layer.name]:
-            top = top + np.asarray(params[layer.name]["bias"], np.float64)
-        out[layer.name] = top
-        cap = {"relu6": 6.0, "relu": np.inf, "linear": np.inf}[layer.act]
-        post[layer.name] = np.clip(top, 0.0, cap) if layer.act != "linear" else np.full_like(
-            top, np.inf)
+
+def equalize_pairs(graph: G.Graph) -> list[tuple[G.Node, list[G.Node], G.Node]]:
+    """``(A, chain, B)``: layer ``A``, then only a batch norm, a ReLU / ReLU6 and zero pads,
+    each the only reader of the one before, into layer ``B`` whose input channels are ``A``'s
+    output channels one to one (a convolution, depthwise or separable layer)."""
+    out = []
+    for a in graph.layers:
+        chain, cur = [], a.name
+        while True:
+            cons = graph.consumers(cur)
+            if len(cons) != 1:
+                break
+            nxt = graph[cons[0]]
+            if nxt.is_layer:
+                if nxt.op in ("conv", "depthwise", "separable") and any(
+                        c.op == "act" and c.act in ("relu", "relu6") for c in chain):
+                    out.append((a, chain, nxt))
+                break
+            ok = (nxt.op == "bn" and not chain) or (nxt.op == "act" and nxt.act in (
+                "relu", "relu6") and not any(c.op == "act" for c in chain)) or (
+                nxt.op == "pad" and nxt.attrs.get("value") == 0.0)
+            if not ok:
+                break
+            chain.append(nxt)
+            cur = nxt.name
     return out
 
 
@@ -572,79 +791,83 @@ def _channel_range(w, axis):
     return np.abs(np.moveaxis(w, ax, 0).reshape(w.shape[ax], -1)).max(1)
 
 
-def equalize(params, topo: Sequence[Layer], moments, *, iterations: int = 4,
-             margin: float | None = None, clip: float = 6.0, s_max: float = 1e3) -> tuple[dict, dict]:
+def _channel_max(x, axis) -> np.ndarray:
+    """Max over every axis but the channel axis of an unbatched map."""
+    x = np.asarray(x, np.float64)
+    if x.ndim == 1:
+        return x
+    ax = axis % (x.ndim + 1) - 1
+    return np.moveaxis(x, ax, 0).reshape(x.shape[ax], -1).max(1)
+
+
+def equalize(graph: G.Graph, params, *, in_lo, in_hi, iterations: int = 4,
+             clip: float = 6.0, s_max: float = 1e3) -> tuple[dict, dict[str, np.ndarray]]:
     """Cross-layer equalization on a *folded* network (see :func:`fold_bn`).
 
-    For each pair (layer A with a batch norm and ReLU/ReLU6, layer B fed only by A, channels
-    one-to-one), channel ``c``: ``s_c = sqrt(r_A / r_B)`` (``r`` = the channel's max |w|),
-    ``A[..., c] /= s_c``, A's bias (the folded ``beta``) ``/= s_c``, ``B``'s input channel
-    ``*= s_c``; both ranges become ``sqrt(r_A r_B)``. ReLU6 is exact only where the channel
-    stays below the clip: with ``top`` an upper bound of the channel's pre-activation,
-    ``s_c >= top / clip`` is enforced and channels with ``top >= clip`` keep ``s_c = 1``.
-    ``margin=None`` (default, exact): ``top`` is the worst case over all inputs
-    (:func:`output_upper_bounds`); a number uses the batch-norm statistics,
-    ``top = mean + margin * spread`` (more channels equalized, not exact on heavy tails).
-    Repeats ``iterations`` sweeps.
-    Returns ``(new_params, {layer A: total scale (C,)})``; divide the moments of A's output
-    by it (:func:`scale_moments`).
+    For each pair of :func:`equalize_pairs`, channel ``c``: ``s_c = sqrt(r_A / r_B)``
+    (``r`` = the channel's max ``|w|``), ``A``'s output channel (and its bias and the folded
+    batch-norm offset) divided by ``s_c``, ``B``'s input channel multiplied by it. Through
+    ReLU6 only where the worst-case bound ``top`` of the channel before the clip
+    (:func:`output_bounds` from ``[in_lo, in_hi]``) allows: ``s_c >= top / clip``, and
+    ``s_c = 1`` where ``top >= clip``. Repeats ``iterations`` sweeps. Returns
+    ``(new_params, {A: total scale (C,)})``; :func:`scale_moments` divides the moments of
+    ``A``'s chain by it.
     """
-    new = {k: dict(v) if isinstance(v, Mapping) else v for k, v in params.items()}
-    feeds: dict[str, list[Layer]] = {}
-    for layer in topo:
-        if isinstance(layer.prev, str):
-            feeds.setdefault(layer.prev, []).append(layer)
-    pairs = []
-    for a in topo:
-        bs = feeds.get(a.name, [])
-        if (a.bn is None or a.act not in ("relu", "relu6") or len(bs) != 1
-                or bs[0].pool is not None or bs[0].kind == "dense"):
-            continue
-        pairs.append((a, bs[0]))
-    upper = output_upper_bounds(params, topo) if margin is None else None
-    total = {a.name: np.ones(np.shape(params[a.name][a.var])[_out_axis(a)]) for a, _ in pairs}
+    pairs = equalize_pairs(graph)
+    values = G.flat_values(params)
+    bounds = output_bounds(graph, params, in_lo=in_lo, in_hi=in_hi)
+    ax = graph.channel_axis
+    cur = dict(values)
+    total: dict[str, np.ndarray] = {}
+    tops: dict[str, np.ndarray] = {}
+    for a, chain, _ in pairs:
+        pre_act = chain[0].name if chain[0].op == "bn" else a.name
+        tops[a.name] = _channel_max(bounds[pre_act][1], ax)
+        total[a.name] = np.ones_like(tops[a.name])
     for _ in range(iterations):
-        for a, b in pairs:
-            wa = np.asarray(new[a.name][a.var], np.float64)
-            wb = np.asarray(new[b.name][b.var], np.float64)
-            ra = _channel_range(wa, _out_axis(a))
-            rb = _channel_range(wb, -2)
-            if margin is None:
-                top = upper[a.name] / total[a.name]
-            else:
-                m = np.asarray(moments[a.name]["out_mean"]) / total[a.name]
-                sd = np.asarray(moments[a.name]["out_std"]) / total[a.name]
-                top = m + margin * sd
+        for a, chain, b in pairs:
+            pa = _out_kernel(a)
+            wa = _np(cur[pa])
+            wa2, back_a = _out_channels(a, pa, wa)
+            pb = b.kernels[0]
+            wb = _np(cur[pb])
+            axb = _in_axis(b, wb, b.attrs["in_shapes"][0][ax])
+            ra = _channel_range(wa2, -1)
+            rb = _channel_range(wb, axb)
+            top = tops[a.name] / total[a.name]
             ok = (ra > 1e-8 * ra.max()) & (rb > 1e-8 * rb.max())
             s = np.where(ok, np.sqrt(ra / np.where(ok, rb, 1.0)), 1.0)
             s = np.clip(s, 1 / s_max, s_max)
-            if a.act == "relu6":
+            if any(c.op == "act" and c.act == "relu6" for c in chain):
                 s = np.where(~(top < clip), 1.0, np.maximum(s, np.maximum(top, 0.0) / clip))
-            shape_a = [1] * wa.ndim
-            shape_a[_out_axis(a)] = -1
-            shape_b = [1] * wb.ndim
-            shape_b[-2] = -1
-            new[a.name][a.var] = (wa / s.reshape(shape_a)).astype(np.float32)
-            new[b.name][b.var] = (wb * s.reshape(shape_b)).astype(np.float32)
-            bn = dict(new[a.bn])
-            bn["beta"] = (np.asarray(bn["beta"], np.float64) / s).astype(np.float32)
-            new[a.bn] = bn
+            cur[pa] = back_a(wa2 / s).astype(np.float32)
+            shp = [1] * wb.ndim
+            shp[axb] = -1
+            cur[pb] = (wb * s.reshape(shp)).astype(np.float32)
+            offs = [a.bias] if a.bias is not None else []
+            offs += [bn_vars(c)["beta"] for c in chain if c.op == "bn"]
+            for p in offs:
+                cur[p] = (_np(cur[p]) / s).astype(np.float32)
             total[a.name] = total[a.name] * s
+    new = _copy_tree(params)
+    for p, v in cur.items():
+        if v is not values[p]:
+            _set(new, p, v)
     return new, total
 
 
-def scale_moments(moments, scales: Mapping[str, np.ndarray], topo: Sequence[Layer]) -> dict:
-    """Moments after :func:`equalize`: A's output divided by its scale, B's input too."""
-    out = {k: dict(v) for k, v in moments.items()}
-    for layer in topo:
-        if layer.name in scales:
-            s = scales[layer.name]
-            out[layer.name]["out_mean"] = out[layer.name]["out_mean"] / s
-            out[layer.name]["out_std"] = out[layer.name]["out_std"] / s
-        if isinstance(layer.prev, str) and layer.prev in scales and layer.pool is None:
-            s = scales[layer.prev]
-            out[layer.name]["in_mean"] = out[layer.name]["in_mean"] / s
-            out[layer.name]["in_var"] = out[layer.name]["in_var"] / s**2
+def scale_moments(graph: G.Graph, moments: Mapping[str, Moments],
+                  scales: Mapping[str, np.ndarray]) -> dict[str, Moments]:
+    """Moments after :func:`equalize`: every node of ``A``'s chain divided by ``A``'s
+    scale along the channel axis (so the next layer's input mean is in the new units)."""
+    out = dict(moments)
+    pairs = {a.name: chain for a, chain, _ in equalize_pairs(graph)}
+    for name, s in scales.items():
+        for n in [graph[name]] + pairs.get(name, []):
+            m = out[n.name]
+            sm = _channel_map(s, m.mean.shape, graph.channel_axis)
+            pre = None if m.pre is None else (m.pre[0] / sm, m.pre[1] / sm) + m.pre[2:]
+            out[n.name] = Moments(m.mean / sm, m.var / sm**2, pre, m.anchored)
     return out
 
 
@@ -687,13 +910,13 @@ def channel_noise(w, w_hat, *, channel_axis: int = -1) -> float:
 def layer_costs(params, paths: Sequence[str], *, choices: Sequence[int], scheme: str,
                 fit: str = "corr", granularity: str = "tensor", gain: bool = False,
                 rounding: str = "linear", method: str = "histogram",
-                codebook: str = "params") -> list[dict]:
+                codebook: str = "params", channel_axis: int | None = None) -> list[dict]:
     """For each path and bit width: ``r``, predicted noise (:func:`channel_noise`) and storage
     bits (codes ``size * b`` plus 32 bits per codebook float, :func:`codebook_floats`)."""
     flat = dict(Q.tree_paths(params))
     out = []
     kw = dict(scheme=scheme, fit=fit, granularity=granularity, gain=gain, rounding=rounding,
-              method=method, codebook=codebook)
+              method=method, codebook=codebook, channel_axis=channel_axis)
     for path in paths:
         arr = np.ascontiguousarray(np.asarray(flat[path], np.float32))
         key = (path, hashlib.sha1(arr.tobytes()).hexdigest(), tuple(int(b) for b in choices),
@@ -708,10 +931,10 @@ _COST_CACHE: dict = {}  # (path, weights digest, choices, knobs) -> rows: sweeps
 
 
 def _path_costs(path, arr, choices, *, scheme, fit, granularity, gain, rounding, method,
-                codebook):
+                codebook, channel_axis=None):
     out = []
     w = jnp.asarray(arr)
-    ax = Q.default_channel_axis(path, w)
+    ax = Q.default_channel_axis(path, w) if channel_axis is None else channel_axis
     table = Q.moments(w, granularity=granularity, channel_axis=ax, method=method)
     for b in choices:
         q = Q.fit(w, scheme=scheme, bits=int(b), fit=fit, granularity=granularity,
@@ -766,41 +989,61 @@ def allocate_bits(costs: list[dict], *, avg_bits: float) -> dict[str, int]:
 # --- The whole pipeline -------------------------------------------------------------------------
 
 
+def _wiring(params, graph, wiring) -> Wiring:
+    if wiring is not None:
+        return wiring
+    hit = attached(params)
+    if graph is not None:
+        if hit is not None and hit.graph is graph:
+            return hit
+        raise ValueError("graph= needs its input statistics: pass wiring=Wiring(graph, ...)")
+    if hit is None:
+        raise ValueError("bias correction, folding and equalization need the network's traced "
+                         "graph: call repairs.attach_task(task) (or repairs.attach(params, "
+                         "Wiring(graph.trace(apply_fn, params, input_shape), ...))) first")
+    return hit
+
+
 def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | None = None,
                    avg_bits: float | None = None, bits_choices: Sequence[int] = (2, 3, 4, 5, 6,
                                                                                 7, 8),
                    fold: bool = False, equalize_ranges: bool = False,
                    bias_correction: bool = False, mean_preserving: bool = False,
-                   topo: Sequence[Layer] | None = None, preprocess_mode: Any = "tf",
+                   graph: G.Graph | None = None, wiring: Wiring | None = None,
+                   bn_stats: bool = True, bias_scope: str = "anchored",
                    **fit_kwargs) -> tuple[dict, list[dict], dict]:
     """Fold / equalize, allocate bits, quantize ``paths``, re-round, correct biases.
 
     Order: fold batch norms (``fold`` or ``equalize_ranges``) -> equalize -> choose per-layer
     widths for ``avg_bits`` (else ``bits`` everywhere) ->
     :func:`~paper_repro.core.quantize.quantize_tree` -> mean-preserving re-rounding -> bias
-    correction against the (folded, equalized) float network. ``fit_kwargs`` go to
-    :func:`~paper_repro.core.quantize.fit`. Returns ``(new_params, report, info)``; ``info`` has the
-    per-layer bits and, with correction, the largest absorbed shift.
+    correction against the (folded, equalized) float network. The graph and input statistics
+    come from ``wiring``, else from :func:`attach` (``graph`` alone is accepted when it is
+    the attached one). ``bn_stats``: see :func:`propagate`; ``bias_scope``: see
+    :func:`bias_correct`. ``fit_kwargs`` go to
+    :func:`~paper_repro.core.quantize.fit`. Returns ``(new_params, report, info)``; ``info``
+    has the per-layer bits and, with correction, the largest absorbed shift.
     """
-    needs_topo = fold or equalize_ranges or bias_correction
-    topo = (topology(params) if topo is None else topo) if needs_topo else topo
+    needs = fold or equalize_ranges or bias_correction
     info: dict[str, Any] = {}
     ref = params
     moments = None
-    if needs_topo:
-        in_mean, in_std = input_stats(params, preprocess_mode=preprocess_mode)
-        moments = layer_moments(params, topo, in_mean=in_mean, in_std=in_std)
+    wr = _wiring(params, graph, wiring) if needs else None
+    if bias_correction:
+        moments = propagate(wr.graph, params, in_mean=wr.in_mean, in_std=wr.in_std,
+                            bn_stats=bn_stats)
     if fold or equalize_ranges:
-        ref = fold_bn(ref, topo)
+        ref = fold_bn(wr.graph, ref)
     if equalize_ranges:
-        ref, scales = equalize(ref, topo, moments)
-        moments = scale_moments(moments, scales, topo)
+        ref, scales = equalize(wr.graph, ref, in_lo=wr.in_lo, in_hi=wr.in_hi)
+        if moments is not None:
+            moments = scale_moments(wr.graph, moments, scales)
         if scales:
             info["equalize_scale_range"] = [float(min(s.min() for s in scales.values())),
                                             float(max(s.max() for s in scales.values()))]
     if avg_bits is not None:
-        kw = {k: fit_kwargs[k] for k in ("fit", "granularity", "gain", "rounding", "method")
-              if k in fit_kwargs}
+        kw = {k: fit_kwargs[k] for k in ("fit", "granularity", "gain", "rounding", "method",
+                                         "channel_axis") if k in fit_kwargs}
         costs = layer_costs(ref, paths, choices=bits_choices, scheme=scheme, **kw)
         bits_map = allocate_bits(costs, avg_bits=avg_bits)
         info["bits"] = bits_map
@@ -812,12 +1055,183 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
     select = "|".join(re.escape(p) for p in paths)
     qp, report = Q.quantize_tree(ref, select=select, scheme=scheme, bits=qbits, **fit_kwargs)
     if mean_preserving:
-        qp, report = apply_mean_preserving(qp, report, ref)
+        qp, report = apply_mean_preserving(qp, report, ref,
+                                           channel_axis=fit_kwargs.get("channel_axis"))
     if bias_correction:
-        qp, shifts = bias_correct(ref, qp, topo, moments, paths=paths)
+        qp, shifts = bias_correct(wr.graph, ref, qp, moments, paths=paths, scope=bias_scope)
+        info["corrected_layers"] = len(shifts)
         info["max_abs_shift"] = float(max((np.abs(s).max() for s in shifts.values()),
                                           default=0.0))
     return qp, report, info
+
+
+# --- The named recipe ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A named set of data-free settings, the same on every network: ``settings`` are
+    :class:`~paper_repro.feedforward.sweep.QuantConfig` fields; the average width is the
+    caller's (``avg_bits``)."""
+
+    name: str
+    settings: Mapping[str, Any]
+    why: str
+
+    def flags(self) -> str:
+        """The command-line switches the recipe stands for."""
+        out = []
+        for k, v in self.settings.items():
+            flag = "--" + k.replace("_", "-")
+            out.append(flag if v is True else f"{flag} {v}")
+        return " ".join(out) + " (with --avg-bits B)"
+
+    def config(self, *, avg_bits: float, **fields):
+        """The :class:`~paper_repro.feedforward.sweep.QuantConfig` at ``avg_bits``."""
+        from paper_repro.feedforward.sweep import QuantConfig
+
+        return QuantConfig(**self.settings, avg_bits=float(avg_bits), **fields)
+
+
+RECIPES: dict[str, Recipe] = {
+    "datafree": Recipe(
+        "datafree",
+        {"scheme": "exponential", "fit": "corr", "granularity": "channel", "gain": True,
+         "mean_preserving": True, "bias_correction": True},
+        "levels fitted per output channel by correlation with a least-squares gain (each "
+        "channel is normalised on its own downstream, so its own codebook); widths per layer "
+        "for the average budget by predicted output noise; codes re-rounded so that every "
+        "channel keeps its weight sum; the remaining expected output shift, computed through "
+        "the traced graph from batch-norm or preprocessing statistics, absorbed into biases. "
+        "No batch-norm folding or equalization (they change no output in float and cost "
+        "accuracy once quantized)."),
+}
+
+# QuantConfig field -> the flag that sets it (evaluate and pack)
+_FLAGS = {"scheme": "--scheme", "fit": "--fit", "granularity": "--granularity",
+          "gain": "--gain", "rounding": "--rounding", "mean_preserving": "--mean-preserving",
+          "bias_correction": "--bias-correction", "fold_bn": "--fold-bn",
+          "equalize": "--equalize"}
+
+
+def add_recipe_argument(parser) -> None:
+    """``--recipe NAME`` (and ``--avg-bits`` where the command has none) on a command's
+    parser; the help lists what each recipe stands for."""
+    names = ", ".join(f"{r.name} = {r.flags()}" for r in RECIPES.values())
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                        help=f"named data-free settings, the same on every network: {names}. "
+                             "Needs --avg-bits; giving a switch the recipe sets is an error")
+    if not any("--avg-bits" in a.option_strings for a in parser._actions):
+        parser.add_argument("--avg-bits", type=float, default=None,
+                            help="with --recipe: average bits per quantized weight (codes and "
+                                 "codebooks); each layer's width is chosen for it")
+    parser.set_defaults(_recipe_defaults={a.dest: a.default for a in parser._actions})
+
+
+def apply_recipe(args, *, command: str = "evaluate") -> None:
+    """Fill ``args`` with the switches of ``args.recipe`` (before the command checks them).
+
+    Raises ``ValueError`` when a switch the recipe sets is given too, when ``--bits`` is given
+    (the recipe chooses widths), or when ``--avg-bits`` is missing. Without a recipe, for
+    ``pack``: ``--scheme`` and ``--bits`` are required and ``--avg-bits`` is refused.
+    """
+    name = getattr(args, "recipe", None)
+    defaults = getattr(args, "_recipe_defaults", {})
+    if not name:
+        if command == "pack":
+            if getattr(args, "avg_bits", None) is not None:
+                raise ValueError("--avg-bits is for --recipe (pack writes one width per "
+                                 "layer only with a recipe); use --bits")
+            missing = [f for k, f in (("scheme", "--scheme"), ("bits", "--bits"))
+                       if getattr(args, k, None) is None]
+            if missing:
+                raise ValueError(f"{' and '.join(missing)} required (or --recipe NAME "
+                                 "--avg-bits B)")
+        return
+    recipe = RECIPES[name]
+    clash = [flag for k, flag in _FLAGS.items() if k in recipe.settings and hasattr(args, k)
+             and getattr(args, k) not in (None, False, defaults.get(k))]
+    if clash:
+        raise ValueError(f"--recipe {name} sets {', '.join(clash)}; drop "
+                         f"{'it' if len(clash) == 1 else 'them'} (or drop --recipe)")
+    if getattr(args, "bits", None) is not None:
+        raise ValueError(f"--recipe {name} chooses each layer's width: give --avg-bits, "
+                         "not --bits")
+    if getattr(args, "avg_bits", None) is None:
+        raise ValueError(f"--recipe {name} needs --avg-bits (average bits per weight, "
+                         "e.g. 5 or 4)")
+    for k, v in recipe.settings.items():
+        setattr(args, k, v)
+
+
+def recipe_record(args) -> dict:
+    """What a result records of the recipe: ``{"recipe", "recipe_switches"}`` (empty
+    without one)."""
+    name = getattr(args, "recipe", None)
+    if not name:
+        return {}
+    r = RECIPES[name]
+    return {"recipe": name, "recipe_switches": r.flags().replace(
+        "(with --avg-bits B)", f"--avg-bits {float(args.avg_bits):g}")}
+
+
+def prepare_task(task, args) -> None:
+    """Before evaluating a task from command-line ``args``: attach its graph when a repair
+    needs it, and record the recipe in ``task.info``."""
+    if any(getattr(args, k, False) for k in ("bias_correction", "fold_bn", "equalize")):
+        if attached(task.params) is None:
+            if task.info.get("source_format") == "onnx":
+                raise ValueError("an ONNX task needs its graph from the node list: build it "
+                                 "with onnx_task(..., attach_graph=True)")
+            attach_task(task)
+    task.info.update(recipe_record(args))
+
+
+def pack_quantize(args, params, *, onnx_model=None, channel_axis: int | None = None):
+    """``paper-repro pack --recipe``: the repaired quantization of ``params`` for the model
+    named by ``args`` (registry, digits_cnn, or ``onnx_model``). Returns
+    ``(new_params, report, meta)``; ``meta`` records the recipe and the per-layer widths."""
+    if onnx_model is not None:
+        graph = G.from_onnx(onnx_model)
+        stats = input_statistics(getattr(args, "preprocess", None))
+        mode = args.preprocess
+    elif args.model == "digits_cnn":
+        from paper_repro.feedforward import digits
+
+        graph = G.trace(digits.apply, params, (1, digits.INPUT_SIZE, digits.INPUT_SIZE, 1))
+        stats = input_statistics(None, model="digits_cnn")
+        mode = "digits_cnn"
+    else:
+        from paper_repro.feedforward import models
+
+        spec = models.get(args.model, args.alpha)
+        size = spec.input_size
+        graph = G.trace(models.make_apply(spec), params, (1, size, size, 3))
+        stats = input_statistics(spec.preprocess_mode)
+        mode = spec.preprocess_mode
+    wiring = Wiring(graph, *stats, preprocess=mode)
+    pattern = re.compile(args.select)
+    paths = [p for p, x in Q.tree_paths(params) if pattern.fullmatch(p) and np.ndim(x) > 0]
+    if not paths:
+        raise ValueError(f"--select {args.select!r} matches no parameter")
+    kw = {k: getattr(args, k) for k in ("fit", "granularity", "gain", "rounding", "method")
+          if getattr(args, k, None) is not None}
+    if getattr(args, "base", None) is not None:
+        kw["base"] = args.base
+    new, report, info = quantize_model(
+        params, paths=paths, scheme=args.scheme, avg_bits=args.avg_bits,
+        fold=bool(getattr(args, "fold_bn", False)), equalize_ranges=bool(getattr(
+            args, "equalize", False)), bias_correction=bool(args.bias_correction),
+        mean_preserving=bool(args.mean_preserving), wiring=wiring,
+        channel_axis=channel_axis, **kw)
+    meta = {**recipe_record(args), "avg_bits": float(args.avg_bits),
+            "layer_bits": info.get("bits", {})}
+    return new, report, meta
+
+
+def describe_recipes() -> str:
+    """Text for ``paper-repro recipes``: each recipe, its switches and why."""
+    return "\n\n".join(f"{r.name}: {r.flags()}\n  {r.why}" for r in RECIPES.values())
 
 
 # --- Sweeps, tables and the figure (used by notebooks/datafree.ipynb) ---------------------------
@@ -924,10 +1338,11 @@ def repairs_to_results(task, configs, name: str, *, limit=None, progress=False,
     sweep.csv (resumable), table.csv, table.md, top1.png/.pdf, meta.json."""
     import time
 
-    from paper_repro.feedforward import sweep as E
     from paper_repro import results as R
+    from paper_repro.feedforward import sweep as E
 
     d = R.results_dir(name)
+    attach_task(task)
     t0 = time.perf_counter()
     rows = E.run_sweep(task, configs, R.ResultsTable(d / "sweep.csv"), limit=limit,
                        progress=progress, log=print if progress else (lambda *_: None))
