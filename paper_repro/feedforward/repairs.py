@@ -41,7 +41,9 @@ the model itself (Flax modules, any JAX function, ONNX graphs):
   ``sum over layers (1 - r^2) / r^2``, with ``r`` measured per output channel and width
   (:func:`channel_noise`).
 - :data:`RECIPES`: the named data-free recipe (``--recipe datafree`` of ``paper-repro
-  evaluate`` and ``paper-repro pack``), the same settings on every network.
+  evaluate`` and ``paper-repro pack``), the same settings on every network; ``--recipe
+  datafree-opt`` keeps its levels and widths and optimizes the rounding
+  (:mod:`paper_repro.feedforward.rounding`, :mod:`paper_repro.feedforward.calibration`).
 
 Measured with the recipe (``paper-repro evaluate ... --policy crop --recipe datafree
 --avg-bits B --json`` on the 1300-image validation sample; drop vs float on the same images):
@@ -135,6 +137,32 @@ def attached(params) -> Wiring | None:
     """The :class:`Wiring` attached to this very tree, or ``None``."""
     hit = _ATTACHED.get(id(params))
     return hit[1] if hit is not None and hit[0] is params else None
+
+
+_OPTIMIZERS: dict[int, tuple[Any, dict]] = {}
+
+
+def attach_optimizer(params, config, *, progress: bool = False) -> dict:
+    """Have :func:`quantize_model` run the optimized rounding
+    (:class:`~paper_repro.feedforward.calibration.OptConfig` ``config``) on this very tree
+    (by identity, like :func:`attach`). Returns the record, whose ``"last"`` holds the summary
+    of the latest run (:func:`optimizer_record`)."""
+    rec = {"config": config, "progress": progress, "last": {}}
+    _OPTIMIZERS[id(params)] = (params, rec)
+    return rec
+
+
+def attached_optimizer(params) -> dict | None:
+    """The record of :func:`attach_optimizer` for this very tree, or ``None``."""
+    hit = _OPTIMIZERS.get(id(params))
+    return hit[1] if hit is not None and hit[0] is params else None
+
+
+def optimizer_record(params) -> dict:
+    """``{"datafree_opt": summary}`` of the latest optimized rounding of this tree (empty
+    when none ran)."""
+    hit = attached_optimizer(params)
+    return {"datafree_opt": hit["last"]} if hit is not None and hit["last"] else {}
 
 
 def input_statistics(preprocess: Any, *, model: str | None = None
@@ -1011,7 +1039,7 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
                    bias_correction: bool = False, mean_preserving: bool = False,
                    graph: G.Graph | None = None, wiring: Wiring | None = None,
                    bn_stats: bool = True, bias_scope: str = "anchored",
-                   **fit_kwargs) -> tuple[dict, list[dict], dict]:
+                   optimize: Any = None, **fit_kwargs) -> tuple[dict, list[dict], dict]:
     """Fold / equalize, allocate bits, quantize ``paths``, re-round, correct biases.
 
     Order: fold batch norms (``fold`` or ``equalize_ranges``) -> equalize -> choose per-layer
@@ -1023,8 +1051,22 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
     :func:`bias_correct`. ``fit_kwargs`` go to
     :func:`~paper_repro.core.quantize.fit`. Returns ``(new_params, report, info)``; ``info``
     has the per-layer bits and, with correction, the largest absorbed shift.
+
+    ``optimize``: a :class:`paper_repro.feedforward.calibration.OptConfig` (or one attached
+    with :func:`attach_optimizer`): the codes are re-chosen by
+    :func:`paper_repro.feedforward.calibration.optimize` (SQuant flips, synthetic images,
+    learned rounding, its own bias correction) instead of the mean-preserving re-rounding and
+    the bias correction here; ``info["datafree_opt"]`` summarises it.
     """
-    needs = fold or equalize_ranges or bias_correction
+    hit = attached_optimizer(params) if optimize is None else None
+    if hit is not None:
+        optimize = hit["config"]
+    if optimize is not None and (mean_preserving or bias_correction or fold or
+                                 equalize_ranges):
+        raise ValueError("optimized rounding replaces the mean-preserving re-rounding and the "
+                         "bias correction, and works on the unfolded network: drop "
+                         "mean_preserving, bias_correction, fold and equalize")
+    needs = fold or equalize_ranges or bias_correction or optimize is not None
     info: dict[str, Any] = {}
     ref = params
     moments = None
@@ -1054,6 +1096,18 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
         qbits = bits
     select = "|".join(re.escape(p) for p in paths)
     qp, report = Q.quantize_tree(ref, select=select, scheme=scheme, bits=qbits, **fit_kwargs)
+    if optimize is not None:
+        from paper_repro.feedforward import calibration
+
+        qp, report, oinfo = calibration.optimize(
+            ref, qp, report, graph=wr.graph, in_mean=wr.in_mean, in_std=wr.in_std,
+            in_lo=wr.in_lo, in_hi=wr.in_hi, config=optimize,
+            channel_axis=fit_kwargs.get("channel_axis"),
+            progress=bool(hit["progress"]) if hit is not None else False)
+        info["datafree_opt"] = calibration.summary(oinfo)
+        if hit is not None:  # in place: task.info holds this dict (prepare_task)
+            hit["last"].clear()
+            hit["last"].update(info["datafree_opt"])
     if mean_preserving:
         qp, report = apply_mean_preserving(qp, report, ref,
                                            channel_axis=fit_kwargs.get("channel_axis"))
@@ -1077,6 +1131,9 @@ class Recipe:
     name: str
     settings: Mapping[str, Any]
     why: str
+    # OptConfig fields of the optimized rounding that replaces the code re-rounding and the
+    # bias correction (paper_repro.feedforward.calibration); None: none
+    optimize: Mapping[str, Any] | None = None
 
     def flags(self) -> str:
         """The command-line switches the recipe stands for."""
@@ -1084,7 +1141,17 @@ class Recipe:
         for k, v in self.settings.items():
             flag = "--" + k.replace("_", "-")
             out.append(flag if v is True else f"{flag} {v}")
+        if self.optimize is not None:
+            out.append("+ optimized rounding (SQuant flips, synthetic images, learned rounding)")
         return " ".join(out) + " (with --avg-bits B)"
+
+    def opt_config(self):
+        """The :class:`~paper_repro.feedforward.calibration.OptConfig` (``None`` if none)."""
+        if self.optimize is None:
+            return None
+        from paper_repro.feedforward.calibration import OptConfig
+
+        return OptConfig(**self.optimize)
 
     def config(self, *, avg_bits: float, **fields):
         """The :class:`~paper_repro.feedforward.sweep.QuantConfig` at ``avg_bits``."""
@@ -1101,10 +1168,24 @@ RECIPES: dict[str, Recipe] = {
         "levels fitted per output channel by correlation with a least-squares gain (each "
         "channel is normalised on its own downstream, so its own codebook); widths per layer "
         "for the average budget by predicted output noise; codes re-rounded so that every "
-        "channel keeps its weight sum; the remaining expected output shift, computed through "
-        "the traced graph from batch-norm or preprocessing statistics, absorbed into biases. "
+        "channel keeps its weight sum; the remaining expected output shift of every layer "
+        "whose expected input follows from known statistics (batch norms, the preprocessing) "
+        "computed through the traced graph and absorbed into its bias or batch norm. "
         "No batch-norm folding or equalization (they change no output in float and cost "
         "accuracy once quantized)."),
+    "datafree-opt": Recipe(
+        "datafree-opt",
+        {"scheme": "exponential", "fit": "corr", "granularity": "channel", "gain": True},
+        "the levels and per-layer widths of 'datafree'; only which of its two neighbouring "
+        "levels each weight takes is optimized: SQuant flips (each kernel's and each output "
+        "channel's accumulated rounding error within half a step), then images synthesized "
+        "from the batch-norm statistics (or the traced graph's analytic moments) at the "
+        "network's input size, and layer by layer a learned rounding of each kernel against "
+        "the float layer's output on them (soft rounding with an annealed regularizer, then "
+        "exact flips; each layer keeps the candidate with the lowest error on held-out "
+        "synthetic images), each layer's expected output shift absorbed as it goes. No real "
+        "data, no labels, no retraining; cached by configuration and model.",
+        optimize={}),
 }
 
 # QuantConfig field -> the flag that sets it (evaluate and pack)
@@ -1171,20 +1252,30 @@ def recipe_record(args) -> dict:
     if not name:
         return {}
     r = RECIPES[name]
-    return {"recipe": name, "recipe_switches": r.flags().replace(
+    out = {"recipe": name, "recipe_switches": r.flags().replace(
         "(with --avg-bits B)", f"--avg-bits {float(args.avg_bits):g}")}
+    if r.optimize is not None:
+        out["recipe_options"] = r.opt_config().as_dict()
+    return out
 
 
 def prepare_task(task, args) -> None:
     """Before evaluating a task from command-line ``args``: attach its graph when a repair
     needs it, and record the recipe in ``task.info``."""
-    if any(getattr(args, k, False) for k in ("bias_correction", "fold_bn", "equalize")):
+    recipe = RECIPES.get(getattr(args, "recipe", None) or "")
+    optimizing = recipe is not None and recipe.optimize is not None
+    if any(getattr(args, k, False) for k in ("bias_correction", "fold_bn", "equalize")) or \
+            optimizing:
         if attached(task.params) is None:
             if task.info.get("source_format") == "onnx":
                 raise ValueError("an ONNX task needs its graph from the node list: build it "
                                  "with onnx_task(..., attach_graph=True)")
             attach_task(task)
     task.info.update(recipe_record(args))
+    if optimizing:
+        rec = attach_optimizer(task.params, recipe.opt_config(),
+                               progress=not getattr(args, "no_progress", False))
+        task.info["datafree_opt"] = rec["last"]  # filled when the model is quantized
 
 
 def pack_quantize(args, params, *, onnx_model=None, channel_axis: int | None = None):
@@ -1218,14 +1309,20 @@ def pack_quantize(args, params, *, onnx_model=None, channel_axis: int | None = N
           if getattr(args, k, None) is not None}
     if getattr(args, "base", None) is not None:
         kw["base"] = args.base
+    recipe = RECIPES.get(getattr(args, "recipe", None) or "")
+    if recipe is not None and recipe.optimize is not None:  # progress on stderr
+        attach_optimizer(params, recipe.opt_config(), progress=True)
     new, report, info = quantize_model(
         params, paths=paths, scheme=args.scheme, avg_bits=args.avg_bits,
         fold=bool(getattr(args, "fold_bn", False)), equalize_ranges=bool(getattr(
-            args, "equalize", False)), bias_correction=bool(args.bias_correction),
-        mean_preserving=bool(args.mean_preserving), wiring=wiring,
+            args, "equalize", False)), bias_correction=bool(getattr(args, "bias_correction",
+                                                                    False)),
+        mean_preserving=bool(getattr(args, "mean_preserving", False)), wiring=wiring,
         channel_axis=channel_axis, **kw)
     meta = {**recipe_record(args), "avg_bits": float(args.avg_bits),
             "layer_bits": info.get("bits", {})}
+    if "datafree_opt" in info:
+        meta["datafree_opt"] = info["datafree_opt"]
     return new, report, meta
 
 
