@@ -7,9 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from paper_repro.core import correlation
-
-from paper_repro.core import quantize
+from paper_repro.core import correlation, quantize
 from paper_repro.hopfield import network as hf
 
 KEY = jax.random.PRNGKey(12345)  # differs from the pattern seeds used in _net
@@ -114,6 +112,50 @@ def test_jit_matches_no_jit():
     s_full, t_full, _ = hf.sync_dynamics(T, s0, max_steps=10, sparse_fraction=0.0)
     np.testing.assert_array_equal(np.asarray(s_j), np.asarray(s_full))
     assert int(t_j) == int(t_full)
+
+
+def _numpy_sync(T, s0, max_steps):
+    """Plain NumPy synchronous dynamics (dense product per step, same stopping rule):
+    ``(s, steps, fixed)``."""
+    T, s = np.asarray(T, np.float64), np.asarray(s0, np.float64)
+    s_prev, active, t = s, np.ones(len(s), bool), 0
+    while t < max_steps and active.any():
+        h = s @ T
+        s_new = np.where(active[:, None], np.where(h > 0, 1.0, np.where(h < 0, -1.0, s)), s)
+        settled = np.all(s_new == s, -1) | np.all(s_new == s_prev, -1)
+        s_prev, s, active, t = s, s_new, active & ~settled, t + 1
+    h = s @ T
+    return s, t, np.all(np.where(h > 0, 1.0, np.where(h < 0, -1.0, s)) == s, -1)
+
+
+@pytest.mark.parametrize("scheme,bits", [("float", None), ("sign", None), ("linear", 2)])
+def test_sync_field_updates_are_exact_for_integer_couplings(scheme, bits):
+    """Near capacity (long transients, a few flips per state, many states): every way of
+    updating the fields -- flipped-neuron union, row by row, full product, padded batch --
+    gives the dense NumPy trajectory exactly: integer couplings, exact sums."""
+    N, M = 400, 60
+    xi, T = _net(N=N, M=M, seed=3)
+    Q, _ = hf.quantize_couplings(T, scheme=scheme, bits=bits, M=M, key=KEY, fit_sample=4096)
+    assert bool(hf._exact_fields(Q))
+    s0 = jnp.concatenate([xi[:21].astype(jnp.float32), hf.corrupt(KEY, xi[21:37], 0.5)])
+    want = _numpy_sync(Q, s0, 60)
+    assert want[1] > 10 and not want[2].all()  # long transients, some never settle
+    for kw in ({}, dict(sparse_fraction=0.0, row_fraction=1.0),
+               dict(sparse_fraction=0.0, row_fraction=0.0), dict(row_fraction=0.0)):
+        s, steps, fixed = hf.sync_dynamics(Q, s0, max_steps=60, **kw)
+        assert s.shape == (37, N) and fixed.shape == (37,)  # padding rows dropped
+        np.testing.assert_array_equal(np.asarray(s), want[0], err_msg=str(kw))
+        assert int(steps) == want[1]
+        np.testing.assert_array_equal(np.asarray(fixed), want[2])
+
+
+def test_exact_fields_detects_integer_couplings():
+    xi, T = _net(N=100, M=10)
+    assert bool(hf._exact_fields(T))
+    Qe, _ = hf.quantize_couplings(T, scheme="exponential", bits=3, M=10, key=KEY,
+                                  fit_sample=4096)
+    assert not bool(hf._exact_fields(Qe))  # float levels: padding and row updates are off
+    assert not bool(hf._exact_fields(T * 2.0**20))  # sums could exceed 2^24
 
 
 def test_determinism_same_key():

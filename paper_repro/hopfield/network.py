@@ -154,10 +154,10 @@ def quantize_couplings(
     if dither:
         sample = sample + jax.random.uniform(k_dither, sample.shape, minval=-1.0, maxval=1.0)
     q = quantize.fit(sample / unit, scheme=scheme, bits=bits, fit=fit, **fit_kwargs)
-    Q = _code(T / unit, q)
-    if scheme in ("sign", "linear") and not fit_kwargs.get("gain"):
-        # equidistant levels: count in units of the step, so fields are exact integer sums
-        Q = jnp.round(Q / q.levels[-1] * quantize.n_positive(scheme, bits))
+    # equidistant levels: count in units of the step, so fields are exact integer sums
+    steps = (quantize.n_positive(scheme, bits)
+             if scheme in ("sign", "linear") and not fit_kwargs.get("gain") else None)
+    Q = _code(T, unit, q, steps=steps)
     params = {k: float(np.asarray(v)) for k, v in dict(q.params).items()
               if np.asarray(v).size == 1}
     r, zero_fraction = _report(T, Q)
@@ -171,13 +171,18 @@ def quantize_couplings(
     }
 
 
-@jax.jit
-def _code(W, q):
+@functools.partial(jax.jit, static_argnames=("steps",))
+def _code(T, unit, q, *, steps: int | None = None):
+    """``Q``: each element of ``T / unit`` coded to its level (zero diagonal); with ``steps``
+    (equidistant levels) in units of the step, ``round(level / top * steps)``. One pass."""
     # Same codes as quantize.encode (searchsorted, side="left"); "compare_all" is ~8x faster
     # than the default search for the few thresholds of a low-bit codebook on CPU.
-    codes = jnp.searchsorted(q.thresholds, W, side="left", method="compare_all")
+    codes = jnp.searchsorted(q.thresholds, T / unit, side="left", method="compare_all")
     Q = q.levels[codes].astype(jnp.float32)
-    return Q * (1.0 - jnp.eye(W.shape[0], dtype=jnp.float32))
+    Q = Q * (1.0 - jnp.eye(T.shape[0], dtype=jnp.float32))
+    if steps is not None:
+        Q = jnp.round(Q / q.levels[-1] * steps)
+    return Q
 
 
 @jax.jit
@@ -193,9 +198,14 @@ def _sign_keep(h, s):
     return jnp.where(h > 0, 1.0, jnp.where(h < 0, -1.0, s))
 
 
-@functools.partial(jax.jit, static_argnames=("max_steps", "sparse_fraction"))
+#: Batches of states are padded to a multiple of this many rows (padding rows are frozen from
+#: the start), so that the loads of a sweep, each with its own number of probes, share a few
+#: compiled programs instead of compiling one each.
+ROW_BUCKET = 16
+
+
 def sync_dynamics(T: jax.Array, s0: jax.Array, *, max_steps: int = 100,
-                  sparse_fraction: float = 0.125):
+                  sparse_fraction: float = 0.125, row_fraction: float = 1 / 32):
     """Synchronous ``T = 0`` dynamics ``s <- sign(s T)`` of a batch of states.
 
     ``T: (N, N)`` symmetric, ``s0: (B, N)`` of ±1. A state stops (is frozen) once it is a
@@ -204,26 +214,120 @@ def sync_dynamics(T: jax.Array, s0: jax.Array, *, max_steps: int = 100,
 
     Local fields are carried along and updated with the flipped neurons only:
     ``h += (s_new - s)[:, U] @ T[U]`` where ``U`` is the union of the neurons flipped in the
-    batch, when ``|U| <= sparse_fraction * N`` (a matmul ``1/sparse_fraction`` times smaller);
-    otherwise ``h = s_new @ T`` in full. With integer couplings (float Hebbian, sign, linear
-    codes) both are exact; otherwise they agree to float32 rounding. ``sparse_fraction=0``
-    always uses the full product.
+    batch, when ``|U| <= sparse_fraction * N`` (a matmul ``1/sparse_fraction`` times
+    smaller); otherwise in full. With integer couplings (float Hebbian, sign and linear
+    codes: every field is an exact integer sum, whatever the order of the sums) the full
+    update only touches the states that flipped, in chunks of :data:`ROW_BUCKET` rows
+    (settled states cost nothing), and row by row when no state flips more than
+    ``row_fraction * N`` neurons (``h_b += sum_k d_bk T[i_bk]`` over the flipped neurons
+    ``i_bk`` of state ``b``: long transients near capacity flip a few neurons per state,
+    but different ones); the batch is padded to a multiple of :data:`ROW_BUCKET` rows (frozen
+    from the start), so that sweeps over loads compile a few programs. None of this changes
+    a result. Other couplings keep the full product ``h = s_new @ T`` on the batch as given,
+    so that their float32 rounding, which depends on the order of the sums and the shapes of
+    the products, stays as it was. ``sparse_fraction=0`` and ``row_fraction=0`` turn the
+    sparse and the row-by-row update off.
 
     Returns ``(s: (B, N) float32, steps: int32, fixed: (B,) bool)``.
     """
-    s0 = s0.astype(jnp.float32)
+    B, N = s0.shape
+    exact = bool(_exact_fields(T))
+    Bp = max(ROW_BUCKET, -(-B // ROW_BUCKET) * ROW_BUCKET) if exact else B
+    if Bp != B:
+        s0 = np.concatenate([np.asarray(s0, np.float32), np.zeros((Bp - B, N), np.float32)])
+    s, t, fixed = _sync_core(T, s0, jnp.int32(B), max_steps=int(max_steps),
+                             sparse_fraction=float(sparse_fraction),
+                             row_fraction=float(row_fraction), exact=exact)
+    if Bp != B:
+        s, fixed = s[:B], fixed[:B]
+    return s, t, fixed
+
+
+@jax.jit
+def _exact_fields(T):
+    """Whether every local field ``s T`` of ±1 states is an exact float32 sum: integer
+    couplings whose row sums of magnitudes stay below ``2^24``."""
+    return jnp.all(T == jnp.round(T)) & (jnp.max(jnp.sum(jnp.abs(T), axis=0)) < 2.0**24)
+
+
+@functools.partial(jax.jit, static_argnames=("max_steps", "sparse_fraction", "row_fraction",
+                                             "exact"))
+def _sync_core(T, s0, n_valid, *, max_steps: int, sparse_fraction: float,
+               row_fraction: float, exact: bool):
+    """:func:`sync_dynamics` on a batch ``s0: (B, N)`` whose first ``n_valid`` rows are
+    states (the rest frozen from the start); ``exact``: the couplings give exact fields."""
+    s0 = jnp.asarray(s0, jnp.float32)
     B, N = s0.shape
     K = int(sparse_fraction * N)
+    R = int(row_fraction * N) if exact else 0
+    R4 = -(-R // 4) * 4
+    C = ROW_BUCKET if exact and B % ROW_BUCKET == 0 else B  # rows per chunk
+    rank = N - jnp.arange(N, dtype=jnp.int32)  # top_k of rank over a mask: its indices, ascending
+
+    def sparse(s_new, s, h):
+        d = s_new - s
+        flipped = jnp.any(d != 0, axis=0)
+        U = jax.lax.top_k(jnp.where(flipped, rank, 0), K)[1]  # the flipped neurons first
+        n = jnp.sum(flipped)
+        dU = jnp.where(jnp.arange(K) < n, jnp.take(d, U, axis=1), 0.0)  # zero the padding
+        return h + dU @ jnp.take(T, U, axis=0)
 
     def full(s_new, s, h):
         return s_new @ T
 
-    def sparse(s_new, s, h):
+    def chunks(s_new, s, h, update):
+        """``update(rows, h_rows) -> h_rows`` on the states that flipped, ``C`` at a time
+        (the last chunk may hold states that did not flip: their update changes nothing)."""
+        moving = jnp.any(s_new != s, axis=1)
+        order = jax.lax.top_k(jnp.where(moving, B - jnp.arange(B), 0), B)[1]  # flipped first
+
+        def chunk(c, h):
+            rows = jax.lax.dynamic_slice(order, (c * C,), (C,))
+            return h.at[rows].set(update(rows, jnp.take(h, rows, axis=0)))
+
+        return jax.lax.fori_loop(0, (jnp.sum(moving) + C - 1) // C, chunk, h)
+
+    def full_rows(s_new, s, h):
+        # one product of all rows is faster than products of chunks of half of them or more
+        return jax.lax.cond(
+            2 * jnp.sum(jnp.any(s_new != s, axis=1)) > B, full,
+            lambda s_new, s, h: chunks(
+                s_new, s, h, lambda rows, h_rows: jnp.take(s_new, rows, axis=0) @ T),
+            s_new, s, h)
+
+    def by_row(s_new, s, h):
         d = s_new - s
-        (U,) = jnp.nonzero(jnp.any(d != 0, axis=0), size=K, fill_value=0)
-        n = jnp.sum(jnp.any(d != 0, axis=0))
-        dU = jnp.where(jnp.arange(K) < n, jnp.take(d, U, axis=1), 0.0)  # zero the padding
-        return h + dU @ jnp.take(T, U, axis=0)
+        count = jnp.cumsum(d != 0, axis=1, dtype=jnp.int32)  # (B, N), ascending per row
+        # i[b, k]: the (k+1)-th flipped neuron of state b (N where it flips fewer); w[b, k]
+        # its change (0 where none). Four rows of T per loop step (R4 a multiple of 4).
+        i = jax.vmap(lambda c: jnp.searchsorted(c, jnp.arange(1, R4 + 1), side="left"))(count)
+        w = jnp.where(i < N, jnp.take_along_axis(d, jnp.minimum(i, N - 1), axis=1), 0.0)
+        i = jnp.where(i < N, i, 0)
+
+        def add(k, h):
+            for u in range(4):
+                h = h + w[:, 4 * k + u, None] * jnp.take(T, i[:, 4 * k + u], axis=0)
+            return h
+
+        return jax.lax.fori_loop(0, (jnp.max(count[:, -1]) + 3) // 4, add, h)
+
+    def update(s_new, s, h):
+        flipped = s_new != s
+        n_union = jnp.sum(jnp.any(flipped, axis=0))
+        if not exact:
+            if K == 0:
+                return full(s_new, s, h)
+            return jax.lax.cond(n_union <= K, sparse, full, s_new, s, h)
+        ways, pick = [full_rows], jnp.int32(0)
+        if R > 0:
+            ways.append(by_row)
+            pick = jnp.where(jnp.max(jnp.sum(flipped, axis=1)) <= R, len(ways) - 1, pick)
+        if K > 0:
+            ways.append(sparse)
+            pick = jnp.where(n_union <= K, len(ways) - 1, pick)
+        if len(ways) == 1:
+            return full_rows(s_new, s, h)
+        return jax.lax.switch(pick, ways, s_new, s, h)
 
     def cond(c):
         _, _, _, t, active = c
@@ -233,16 +337,13 @@ def sync_dynamics(T: jax.Array, s0: jax.Array, *, max_steps: int = 100,
         s_prev, s, h, t, active = c
         s_new = jnp.where(active[:, None], _sign_keep(h, s), s)
         settled = jnp.all(s_new == s, axis=-1) | jnp.all(s_new == s_prev, axis=-1)
-        if K > 0:
-            n_union = jnp.sum(jnp.any(s_new != s, axis=0))
-            h = jax.lax.cond(n_union <= K, sparse, full, s_new, s, h)
-        else:
-            h = full(s_new, s, h)
-        return s, s_new, h, t + 1, active & ~settled
+        return s, s_new, update(s_new, s, h), t + 1, active & ~settled
 
-    init = (s0, s0, s0 @ T, jnp.int32(0), jnp.ones((B,), bool))
-    _, s, _, t, _ = jax.lax.while_loop(cond, body, init)
-    fixed = jnp.all(_sign_keep(s @ T, s) == s, axis=-1)
+    init = (s0, s0, s0 @ T, jnp.int32(0), jnp.arange(B) < n_valid)
+    _, s, h, t, _ = jax.lax.while_loop(cond, body, init)
+    if not exact:  # the fields carried along differ from a fresh product by rounding
+        h = s @ T
+    fixed = jnp.all(_sign_keep(h, s) == s, axis=-1)
     return s, t, fixed
 
 
