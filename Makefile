@@ -56,7 +56,7 @@ imagenet: setup
 	$(BIN)/paper-repro imagenet-repro --skip-digits
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	JAX_COMPILATION_CACHE_DIR=$${JAX_COMPILATION_CACHE_DIR:-$(CURDIR)/.pytest_cache/jax} $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal tests
 
 lab: setup
 	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) notebooks/

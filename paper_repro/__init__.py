@@ -18,4 +18,4 @@ __version__ = "0.1.0"
 #: The version of the numerics: bumped whenever a change to the code must change results
 #: (fitted levels, rounding, evaluation). Saved results and sweep rows record it; a result
 #: computed under another version is recomputed, never reused.
-NUMERICS_VERSION = 1
+NUMERICS_VERSION = 2

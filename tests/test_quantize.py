@@ -251,3 +251,188 @@ def test_canonical_levels_identical_in_jax_and_numpy(scheme):
     p = Q.canonical_levels(q.scheme, q.bits, top_q, np.asarray(q.params["a"], np.float32),
                            xp=np)
     np.testing.assert_array_equal(np.asarray(q.levels)[:, -p.shape[1]:], p)
+
+
+# --- Degenerate weights and inputs ---------------------------------------------------------------
+
+def _valid(scheme, bits, fit):
+    try:
+        Q.check_args(scheme, bits, fit)
+    except ValueError:
+        return False
+    return True
+
+
+CONFIGS = [(s, b, f) for s in Q.SCHEMES for b in range(1, Q.MAX_BITS + 1) for f in Q.FITS
+           if _valid(s, b, f)]
+config = st.sampled_from(CONFIGS)
+EDGE_SETTINGS = settings(max_examples=12, deadline=None,
+                         suppress_health_check=[HealthCheck.too_slow])
+
+
+@EDGE_SETTINGS
+@given(cfg=config, gain=st.booleans(), shape=st.sampled_from([(7,), (3, 5), (2, 3, 4)]))
+def test_all_zero_tensor_decodes_to_zero_in_every_scheme(cfg, gain, shape):
+    scheme, bits, fit = cfg
+    w = np.zeros(shape, np.float32)
+    w_hat, q = Q.quantize(w, scheme=scheme, bits=bits, fit=fit, gain=gain)
+    assert np.all(np.asarray(w_hat) == 0.0)
+    assert np.all(np.asarray(q.levels) == 0.0)  # scale 0: every level decodes to 0
+    assert float(q.params["c"]) == 0.0 and float(q.params["r_fit"]) == 1.0
+    if len(shape) > 1:
+        w_hat_c, qc = Q.quantize(w, scheme=scheme, bits=bits, fit=fit, gain=gain,
+                                 granularity="channel")
+        assert np.all(np.asarray(w_hat_c) == 0.0) and np.all(np.asarray(qc.levels) == 0.0)
+
+
+@EDGE_SETTINGS
+@given(cfg=config, seed=st.integers(0, 2**16), zero_ch=st.integers(0, 5))
+def test_all_zero_channel_stays_zero_and_leaves_the_others_alone(cfg, seed, zero_ch):
+    scheme, bits, fit = cfg
+    w = laplace(seed, (3, 4, 6), scale=0.05)
+    w[..., zero_ch] = 0.0
+    w_hat, q = Q.quantize(w, scheme=scheme, bits=bits, fit=fit, granularity="channel")
+    w_hat = np.asarray(w_hat)
+    assert np.all(w_hat[..., zero_ch] == 0.0)
+    assert np.all(np.asarray(q.levels)[zero_ch] == 0.0)
+    assert float(q.params["r_fit"][zero_ch]) == 1.0
+    # no channel comes back larger than the largest weight it could represent (the old
+    # fallback put the zero channel's levels at O(1), 12x any weight)
+    assert np.abs(w_hat).max() <= 2.0 * np.abs(w).max()
+    # every row is fitted on its own: the other channels' codebooks do not depend on it
+    others = [c for c in range(6) if c != zero_ch]
+    q_others = Q.fit(w[..., others], scheme=scheme, bits=bits, fit=fit, granularity="channel")
+    np.testing.assert_array_equal(np.asarray(q.levels)[others], np.asarray(q_others.levels))
+
+
+@EDGE_SETTINGS
+@given(cfg=config, gain=st.booleans(), log_v=st.floats(-30.0, 37.0),
+       kind=st.sampled_from(["tensor", "channel", "single", "mixed_signs", "with_zeros"]))
+def test_constant_weights_reproduced_to_float_rounding(cfg, gain, log_v, kind):
+    scheme, bits, fit = cfg
+    v = np.float32(10.0**log_v)
+    rng = np.random.default_rng(int(log_v * 1000) % 2**16)
+    if kind == "single":
+        w = np.array([v], np.float32)
+    elif kind == "with_zeros":
+        if not Q.has_zero(scheme):
+            return  # a zero weight needs a zero level
+        w = (rng.choice([-1.0, 0.0, 1.0], size=(4, 6)) * v).astype(np.float32)
+        w[0, :] = v
+    else:
+        signs = rng.choice([-1.0, 1.0], size=(4, 6)) if kind == "mixed_signs" else 1.0
+        w = (np.ones((4, 6)) * signs * v).astype(np.float32)
+    gran = "channel" if kind == "channel" else "tensor"
+    w_hat, q = Q.quantize(w, scheme=scheme, bits=bits, fit=fit, gain=gain, granularity=gran)
+    np.testing.assert_allclose(np.asarray(w_hat), w, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(np.asarray(q.params["r_fit"]), 1.0, atol=1e-6)  # honest r
+    _, report = Q.quantize_tree({"kernel": w.reshape(4, -1) if w.ndim > 1 else w},
+                                scheme=scheme, bits=bits, fit=fit, gain=gain)
+    assert report[0]["r"] == pytest.approx(1.0, abs=1e-6)
+
+
+@EDGE_SETTINGS
+@given(cfg=config, seed=st.integers(0, 2**16), k=st.integers(-60, 120),
+       gran=st.sampled_from(Q.GRANULARITIES))
+def test_huge_and_tiny_weights_scale_exactly(cfg, seed, k, gran):
+    # Tables are computed on w / (a power of two): fits are exactly equivariant to scaling by
+    # powers of two, 1e37 included (E[w^2] would overflow float32 there).
+    scheme, bits, fit = cfg
+    w = laplace(seed, (4, 8))
+    w2 = w * np.float32(2.0**k)
+    assert np.all(np.isfinite(w2))
+    q1 = Q.fit(w, scheme=scheme, bits=bits, fit=fit, granularity=gran)
+    q2 = Q.fit(w2, scheme=scheme, bits=bits, fit=fit, granularity=gran)
+    np.testing.assert_array_equal(np.asarray(q2.levels), np.asarray(q1.levels) * 2.0**k)
+    np.testing.assert_array_equal(np.asarray(q2.params["r_fit"]), np.asarray(q1.params["r_fit"]))
+    w_hat2, _ = Q.quantize(w2, scheme=scheme, bits=bits, fit=fit, granularity=gran)
+    assert np.all(np.isfinite(np.asarray(w_hat2)))
+    assert float(C.sample_r(w2, w_hat2)) == pytest.approx(
+        float(C.sample_r(w, Q.quantize(w, scheme=scheme, bits=bits, fit=fit,
+                                       granularity=gran)[0])), abs=1e-6)
+
+
+def test_near_float32_max_is_finite():
+    w = laplace(3, (64, 16))
+    w = (w / np.abs(w).max() * 3e38).astype(np.float32)
+    for scheme, bits in (("linear", 4), ("exponential", 6), ("linear_midrise", 3),
+                         ("lloyd_max", 3)):
+        w_hat, q = Q.quantize(w, scheme=scheme, bits=bits, granularity="channel", gain=True)
+        assert np.all(np.isfinite(np.asarray(q.thresholds)))
+        assert 0.9 < float(C.sample_r(w, w_hat)) <= 1.0
+        assert np.all(np.asarray(q.params["r_fit"]) > 0.9)
+
+
+@EDGE_SETTINGS
+@given(dtype=st.sampled_from([np.int8, np.int32, np.int64, np.uint8, np.bool_]),
+       entry=st.sampled_from(["fit", "quantize", "moments", "quantize_tree", "encode"]))
+def test_integer_weights_are_refused(dtype, entry):
+    w = np.arange(-6, 6).reshape(3, 4).astype(dtype)
+    with pytest.raises(ValueError, match="floating-point"):
+        if entry == "fit":
+            Q.fit(w, scheme="linear", bits=3)
+        elif entry == "quantize":
+            Q.quantize(w, scheme="linear", bits=3)
+        elif entry == "moments":
+            Q.moments(w)
+        elif entry == "quantize_tree":
+            Q.quantize_tree({"kernel": w}, scheme="linear", bits=3)
+        else:
+            Q.encode(w, Q.fit(w.astype(np.float32), scheme="linear", bits=3))
+
+
+@EDGE_SETTINGS
+@given(shape=st.sampled_from([(5,), (1,), ()]),
+       entry=st.sampled_from(["fit", "quantize", "moments"]))
+def test_per_channel_needs_two_axes(shape, entry):
+    w = np.ones(shape, np.float32) * 0.5
+    with pytest.raises(ValueError, match="per-channel quantization needs"):
+        if entry == "fit":
+            Q.fit(w, scheme="linear", bits=3, granularity="channel")
+        elif entry == "quantize":
+            Q.quantize(w, scheme="linear", bits=3, granularity="channel")
+        else:
+            Q.moments(w, granularity="channel")
+
+
+def test_per_channel_errors_name_the_problem():
+    params = {"conv": {"kernel": laplace(0, (3, 3, 2, 4)), "bias": np.ones(4, np.float32)}}
+    with pytest.raises(ValueError, match="conv/bias.*per-channel"):
+        Q.quantize_tree(params, select=".*", scheme="linear", bits=3, granularity="channel")
+    with pytest.raises(ValueError, match="channel_axis=5 out of range"):
+        Q.fit(params["conv"]["kernel"], scheme="linear", bits=3, granularity="channel",
+              channel_axis=5)
+    w = laplace(1, (8, 6))
+    with pytest.raises(ValueError, match="per-tensor fit needs one"):
+        Q.fit(w, scheme="linear", bits=3, table=Q.moments(w, granularity="channel"))
+    with pytest.raises(ValueError, match="rows for 8 channels"):
+        Q.fit(w, scheme="linear", bits=3, granularity="channel", channel_axis=0,
+              table=Q.moments(w, granularity="channel"))
+
+
+@EDGE_SETTINGS
+@given(cfg=config, seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([jnp.float16, jnp.bfloat16]),
+       gran=st.sampled_from(Q.GRANULARITIES))
+def test_half_precision_fits_in_float32_and_keeps_its_dtype(cfg, seed, dtype, gran):
+    scheme, bits, fit = cfg
+    w16 = jnp.asarray(laplace(seed, (6, 5), scale=0.1), dtype)
+    w32 = np.asarray(w16.astype(jnp.float32))  # exact
+    w_hat16, q16 = Q.quantize(w16, scheme=scheme, bits=bits, fit=fit, granularity=gran)
+    w_hat32, q32 = Q.quantize(w32, scheme=scheme, bits=bits, fit=fit, granularity=gran)
+    assert w_hat16.dtype == dtype and w_hat32.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(q16.levels), np.asarray(q32.levels))
+    np.testing.assert_array_equal(np.asarray(w_hat16), np.asarray(w_hat32.astype(dtype)))
+    new, report = Q.quantize_tree({"kernel": np.asarray(w16)}, scheme=scheme, bits=bits,
+                                  fit=fit, granularity=gran)
+    assert new["kernel"].dtype == dtype
+    assert np.isfinite(report[0]["r"])
+
+
+def test_fits_are_deterministic():
+    w = laplace(13, (3, 3, 8, 40), scale=0.03)
+    for scheme, bits in (("exponential", 8), ("linear", 5), ("exponential_nozero", 4)):
+        a = Q.fit(w, scheme=scheme, bits=bits, granularity="channel")
+        b = Q.fit(w, scheme=scheme, bits=bits, granularity="channel")
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+            assert np.asarray(x).tobytes() == np.asarray(y).tobytes()

@@ -33,7 +33,7 @@ import argparse
 
 from paper_repro.commands import _args as A
 from paper_repro.core import quantize as Q
-from paper_repro.feedforward import imagenet, onnx_task
+from paper_repro.feedforward import imagenet, onnx_task, repairs
 
 DEFAULT_POLICY = "resize"
 DEFAULT_BATCH_SIZE = 50
@@ -99,6 +99,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--avg-bits", type=A.finite_float, default=None,
                    help="mixed widths: per-layer bits for this average (codes + codebooks) "
                         "chosen by predicted output noise; replaces --bits")
+    repairs.add_recipe_argument(g)
     p.add_argument("--limit", type=A.positive_int, default=None, help="first K images")
     p.add_argument("--per-class", type=A.positive_int, default=None,
                    help="first K images of each class")
@@ -187,6 +188,7 @@ def _add_drop(row: dict, float_res, res) -> None:
 def run(args) -> int:
     from paper_repro.feedforward import sweep as E
 
+    repairs.apply_recipe(args)  # --recipe: its switches, before they are checked
     check_args(args)
     progress = not (args.no_progress or args.json)
     if onnx_task.is_onnx(args.model):
@@ -197,6 +199,7 @@ def run(args) -> int:
         task = E.imagenet_task(args.model, weights=args.weights, data=args.data,
                                labels=args.labels, alpha=args.alpha, policy=args.policy,
                                batch_size=args.batch_size, progress=progress)
+    repairs.prepare_task(task, args)  # the traced graph for the repairs; the recipe record
     packed = task.info.get("packed")
     if packed is not None and args.scheme is not None:
         raise ValueError("--weights is a packed (already quantized) file: drop --scheme")

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from paper_repro.core import quantize
-from paper_repro.feedforward import imagenet, onnx_task
+from paper_repro.feedforward import imagenet, onnx_task, repairs
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -53,9 +53,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="legacy Keras .h5 weight file (default: the official file from the "
                         "cache or the shared data folder, see `paper-repro weights fetch`); "
                         "for digits_cnn a digits .npz checkpoint (default: the embedded one)")
-    p.add_argument("--scheme", required=True, choices=quantize.SCHEMES)
+    p.add_argument("--scheme", default=None, choices=quantize.SCHEMES,
+                   help="level family (required unless --recipe)")
     p.add_argument("--fit", default="corr", choices=quantize.FITS)
-    p.add_argument("--bits", type=int, required=True, help="bits per weight incl. sign, 1..8")
+    p.add_argument("--bits", type=int, default=None,
+                   help="bits per weight incl. sign, 1..8 (required unless --recipe)")
     p.add_argument("--granularity", default="tensor", choices=quantize.GRANULARITIES)
     p.add_argument("--select", default=r".*kernel",
                    help="regex on '<layer>/<var>' paths, matched in full (default: all kernels, "
@@ -72,6 +74,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "instead of bit-packing them")
     p.add_argument("--preprocess", default=None, choices=imagenet.PREPROCESS_MODES,
                    help="ONNX models only: the input preprocessing, recorded in the header")
+    repairs.add_recipe_argument(p)
     p.add_argument("--out", required=True,
                    help="output file (.prq); for an ONNX model also .onnx (dequantized float32 "
                         "weights, same graph)")
@@ -117,6 +120,7 @@ def run(args) -> int:
     from paper_repro.core import entropy, storage
 
     t0 = time.perf_counter()
+    repairs.apply_recipe(args, command="pack")  # --recipe: its switches (else --scheme, --bits)
     onnx_task.check_pack_args(args)
     onnx_model = axis = None
     if onnx_task.is_onnx(args.model):
@@ -126,15 +130,22 @@ def run(args) -> int:
         params, source = _load_model(args)
     options = dict(select=args.select, gain=args.gain, rounding=args.rounding, base=args.base,
                    method=args.method)
-    new, report = quantize.quantize_tree(params, scheme=args.scheme, bits=args.bits,
-                                         fit=args.fit, granularity=args.granularity,
-                                         channel_axis=axis, **options)
+    recipe_meta = {}
+    if args.recipe:  # per-layer widths, re-rounded codes, corrected biases / batch norms
+        new, report, recipe_meta = repairs.pack_quantize(args, params, onnx_model=onnx_model,
+                                                         channel_axis=axis)
+        params = new
+    else:
+        new, report = quantize.quantize_tree(params, scheme=args.scheme, bits=args.bits,
+                                             fit=args.fit, granularity=args.granularity,
+                                             channel_axis=axis, **options)
     coding = "ans" if args.entropy_coding else "fixed"
     meta = {
         **source, "scheme": args.scheme, "fit": args.fit,
         "bits": args.bits, "granularity": args.granularity, "coding": coding,
         "options": {**options, "channel_axis": ("default (Keras layouts)" if axis is None
                                                 else axis)},
+        **recipe_meta,
     }
     if onnx_task.is_onnx(args.out):
         return _write_onnx(args, onnx_model, new, report, meta, t0)

@@ -1,4 +1,4 @@
-"""Correlation between weights and their quantized copies (docs/theory.md section 2).
+"""Correlation between weights and their quantized copies (docs/theory.md §2).
 
 Write a quantized weight as ``Q(w) = g w + e`` with ``e`` uncorrelated with ``w``. Then
 ``min_g E[(w - g Q(w))^2] = E[w^2] (1 - r^2)`` with ``r = corr(w, Q(w))``: maximizing ``r`` is
@@ -30,19 +30,46 @@ DENSITIES = ("gaussian", "laplace")
 _SQRT2 = math.sqrt(2.0)
 
 
+def _pow2_scale(top, xp):
+    """Power of two ``s`` with ``top / s`` in ``[1, 2)`` (1 where ``top`` is 0), elementwise.
+
+    Dividing by ``s`` is exact in binary floating point, so tables and fits computed on
+    ``w / s`` are the same numbers as on ``w``, scaled, without overflow near the float32
+    maximum (``E[w^2]`` of ``1e37`` overflows) or underflow. ``s`` and ``1 / s`` stay normal
+    float32 numbers (``s <= 2^126``: compilers divide by multiplying with ``1 / s``, and a
+    subnormal ``1 / s`` flushes to zero), so ``top / s < 4`` for the largest floats.
+    """
+    _, e = xp.frexp(xp.asarray(top, xp.float32))
+    e = xp.clip(e - 1, -126, 126)
+    s = xp.ldexp(xp.ones_like(xp.asarray(top, xp.float32)), e.astype(xp.int32))
+    return xp.where(xp.asarray(top) > 0, s, xp.float32(1.0)).astype(xp.float32)
+
+
 def sample_r(w: jax.Array, w_hat: jax.Array) -> jax.Array:
     """Pearson correlation of two arrays of the same shape (flattened). Scalar.
 
-    Returns 0 when either array is constant (no correlation can be measured).
+    Each array is divided by a power of two near its largest magnitude first (exact), so
+    weights near the float32 maximum give a finite ``r``. Zero-variance cases, where
+    Pearson's ``r`` is undefined: when both arrays are constant, ``r = 1`` if ``w_hat``
+    reproduces ``w`` (the constants agree to ``2^-20`` relative, float32 rounding of a
+    fitted level; two all-zero arrays agree) and 0 otherwise; when exactly one is constant,
+    0 (no correlation can be measured).
     """
     w = jnp.ravel(jnp.asarray(w, jnp.float32))
     w_hat = jnp.ravel(jnp.asarray(w_hat, jnp.float32))
     if w.shape != w_hat.shape:
         raise ValueError(f"shapes differ: {w.shape} vs {w_hat.shape}")
-    a = w - jnp.mean(w)
-    b = w_hat - jnp.mean(w_hat)
+    const_w = jnp.max(w) == jnp.min(w)
+    const_hat = jnp.max(w_hat) == jnp.min(w_hat)
+    same = jnp.abs(w_hat[0] - w[0]) <= 2.0**-20 * jnp.abs(w[0])
+    a = w / _pow2_scale(jnp.max(jnp.abs(w)), jnp)
+    b = w_hat / _pow2_scale(jnp.max(jnp.abs(w_hat)), jnp)
+    a = a - jnp.mean(a)
+    b = b - jnp.mean(b)
     den = jnp.sqrt(jnp.sum(a * a) * jnp.sum(b * b))
-    return jnp.where(den > 0, jnp.sum(a * b) / jnp.where(den > 0, den, 1.0), 0.0)
+    pearson = jnp.where(den > 0, jnp.sum(a * b) / jnp.where(den > 0, den, 1.0), 0.0)
+    return jnp.where(const_w | const_hat,
+                     jnp.where(const_w & const_hat & same, 1.0, 0.0), pearson)
 
 
 def sheppard(r):
@@ -58,13 +85,17 @@ def noise_strength(r):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Moments:
-    """Cumulative partial moments of ``|w|``, for exact ``r`` of any symmetric level set.
+    """Cumulative partial moments of ``|w| / scale``, for exact ``r`` of any symmetric level set.
 
     ``x: (n+1,)`` ascending abscissae starting at 0; ``c0, c1: (n+1,)`` are the fractions
-    ``P(|w| <= x)`` and the partial means ``E[|w| 1{|w| <= x}]``; ``m2`` is ``E[w^2]``;
-    ``top`` is ``max|w|`` (the largest abscissa). ``kind="step"``: a sorted sample, exact
-    step functions; ``kind="uniform"``: a histogram on uniform bins, linear inside each bin
-    (its mass spread uniformly). Leading batch axes (per channel) are allowed on every field.
+    ``P(|v| <= x)`` and the partial means ``E[|v| 1{|v| <= x}]`` of ``v = w / scale``; ``m2``
+    is ``E[v^2]``; ``top`` is ``max|v|`` (the largest abscissa). ``scale`` is a power of two
+    putting ``top`` in ``[1, 2)`` (1 for all-zero weights): the division is exact, so the table
+    is the one of ``w`` in units of ``scale``, and weights near the float32 maximum do not
+    overflow ``m2``. Levels fitted on the table are multiplied by ``scale``. ``kind="step"``:
+    a sorted sample, exact step functions; ``kind="uniform"``: a histogram on uniform bins,
+    linear inside each bin (its mass spread uniformly). Leading batch axes (per channel) are
+    allowed on every field.
     """
 
     x: jax.Array
@@ -72,10 +103,11 @@ class Moments:
     c1: jax.Array
     m2: jax.Array
     top: jax.Array
+    scale: jax.Array = dataclasses.field(default_factory=lambda: np.float32(1.0))
     kind: str = dataclasses.field(default="step", metadata=dict(static=True))
 
     def cdf(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(P(|w| <= t), E[|w| 1{|w| <= t}])`` at thresholds ``t: (k,)``."""
+        """``(P(|v| <= t), E[|v| 1{|v| <= t}])`` at thresholds ``t: (k,)`` (table units)."""
         if self.kind == "step":
             # A sorted sample: count the values <= t exactly (no interpolation).
             k = jnp.searchsorted(self.x, t, side="right") - 1
@@ -95,11 +127,13 @@ class Moments:
 def moments_from_sample(w: jax.Array) -> Moments:
     """Exact moments table of one sample ``w`` (any shape, flattened): one sort, O(n log n)."""
     a = jnp.sort(jnp.abs(jnp.ravel(jnp.asarray(w, jnp.float32))))
+    s = _pow2_scale(a[-1], jnp)
+    a = a / s
     n = a.shape[0]
     x = jnp.concatenate([jnp.zeros((1,), a.dtype), a])
     c0 = jnp.arange(n + 1, dtype=jnp.float32) / n
     c1 = jnp.concatenate([jnp.zeros((1,), a.dtype), jnp.cumsum(a) / n])
-    return Moments(x=x, c0=c0, c1=c1, m2=jnp.mean(a * a), top=a[-1])
+    return Moments(x=x, c0=c0, c1=c1, m2=jnp.mean(a * a), top=a[-1], scale=s)
 
 
 def moments_from_histogram(w: jax.Array, *, bins: int = 2048) -> Moments:
@@ -109,6 +143,8 @@ def moments_from_histogram(w: jax.Array, *, bins: int = 2048) -> Moments:
     exact at the bin edges; inside a bin mass is spread uniformly.
     """
     a = jnp.abs(jnp.ravel(jnp.asarray(w, jnp.float32)))
+    s = _pow2_scale(jnp.max(a), jnp)
+    a = a / s
     n = a.shape[0]
     top = jnp.max(a)
     scale = jnp.where(top > 0, top, 1.0)
@@ -118,23 +154,32 @@ def moments_from_histogram(w: jax.Array, *, bins: int = 2048) -> Moments:
     x = jnp.linspace(0.0, 1.0, bins + 1) * scale
     c0 = jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(cnt)]) / n
     c1 = jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(s1)]) / n
-    return Moments(x=x, c0=c0, c1=c1, m2=jnp.mean(a * a), top=top, kind="uniform")
+    return Moments(x=x, c0=c0, c1=c1, m2=jnp.mean(a * a), top=top, scale=s, kind="uniform")
 
 
 def histogram_moments_rows(rows: np.ndarray, *, bins: int = 2048) -> Moments:
     """Histogram moments of every row of ``rows: (C, n)`` at once, in NumPy (no compile).
 
-    Same table as :func:`moments_from_histogram` per row, batched: fields ``(C, bins+1)``.
-    One pass over the weights (``np.bincount``); used by the fitting code on concrete arrays.
+    Same table as :func:`moments_from_histogram` per row, batched: fields ``(C, bins+1)``,
+    ``m2, top, scale: (C,)``. One pass over the weights (``np.bincount``); used by the
+    fitting code on concrete arrays.
     """
     a = np.abs(np.asarray(rows, np.float32))
     C, n = a.shape
+    s = _pow2_scale(a.max(axis=1), np)
+    a = a / s[:, None]  # exact: a power of two per row
     top = a.max(axis=1)
     scale = np.where(top > 0, top, 1.0).astype(np.float32)
-    idx = np.minimum((a / scale[:, None] * bins).astype(np.int64), bins - 1)
-    idx += np.arange(C, dtype=np.int64)[:, None] * bins
-    cnt = np.bincount(idx.ravel(), minlength=C * bins).reshape(C, bins)
-    s1 = np.bincount(idx.ravel(), weights=a.ravel(), minlength=C * bins).reshape(C, bins)
+    cnt = np.empty((C, bins), np.int64)
+    s1 = np.empty((C, bins), np.float64)
+    R = max(1, 65536 // bins)  # rows per bincount: the counters stay in cache
+    for r in range(0, C, R):
+        ar = a[r:r + R]
+        idx = np.minimum((ar / scale[r:r + R, None] * bins).astype(np.int64), bins - 1)
+        idx += np.arange(ar.shape[0], dtype=np.int64)[:, None] * bins
+        n_r = ar.shape[0] * bins
+        cnt[r:r + R] = np.bincount(idx.ravel(), minlength=n_r).reshape(-1, bins)
+        s1[r:r + R] = np.bincount(idx.ravel(), weights=ar.ravel(), minlength=n_r).reshape(-1, bins)
     zeros = np.zeros((C, 1))
     c0 = np.concatenate([zeros, np.cumsum(cnt, axis=1)], axis=1) / n
     c1 = np.concatenate([zeros, np.cumsum(s1, axis=1)], axis=1) / n
@@ -142,7 +187,7 @@ def histogram_moments_rows(rows: np.ndarray, *, bins: int = 2048) -> Moments:
     m2 = np.einsum("ij,ij->i", a, a, dtype=np.float64) / n
     f32 = np.float32
     return Moments(x=x.astype(f32), c0=c0.astype(f32), c1=c1.astype(f32), m2=m2.astype(f32),
-                   top=top.astype(f32), kind="uniform")
+                   top=top.astype(f32), scale=s, kind="uniform")
 
 
 # --- Unit-variance densities of |w| in closed form --------------------------------------------

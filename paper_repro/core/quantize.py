@@ -28,6 +28,35 @@ Options: least-squares gain after fitting (``gain=True``: levels times
 linear or the log domain (``rounding=``). Results are a :class:`Quantizer` pytree (codebook
 + thresholds + fitted parameters) with integer codes, so storage can be bit-packed later.
 :func:`quantize_tree` applies this to every selected leaf of a model's parameter tree.
+
+Searches: a first grid, then zooming grids, over ``u = log(c / max|w|)`` and, for a free
+exponential base, the log dynamic range; the number of levels is data in the compiled search,
+so one compilation serves every bit width and both granularities (``NUMERICS_VERSION`` names
+the numerics of the fitted levels).
+
+Inputs and degenerate weights:
+
+- Weights must be floating point: integer (and boolean) arrays are refused with a
+  ``ValueError`` (quantizing them would truncate on the way back); convert them explicitly.
+  float16 and bfloat16 are fitted and coded in float32 and :func:`quantize` /
+  :func:`quantize_tree` return the input's dtype. Non-finite or empty weights are refused.
+- Per-channel fitting needs an array with a channel axis and at least one more axis; a 1-D
+  array is refused (it would get one codebook per element).
+- Tables are computed on ``w / s`` with ``s`` a power of two near ``max|w|`` (exact), so
+  weights up to the float32 maximum (``1e37``, ``3e38``) fit without overflow; fits are
+  exactly equivariant to power-of-two scalings of the weights.
+- All-zero tensor or channel: its codebook scale is ``c = 0``, so every level (and threshold)
+  is 0 and the weights decode to zeros in every scheme, also those without a zero level.
+  Elsewhere a scheme without a zero level maps an exact zero weight to the smallest level of
+  one sign (the level set has no zero).
+- Constant channels (all ``|w|`` equal), single elements and other weights with few distinct
+  magnitudes make ``r`` flat in the scale: such ties go to the least-squares scale of the
+  same level shape, so a constant channel is reproduced to float rounding (not shrunk).
+- ``r`` (``params["r_fit"]``) is the uncentred correlation ``E[w Q(w)] / sqrt(E[w^2]
+  E[Q(w)^2])`` on the table (Pearson's ``r`` of the symmetric model): 1 for a channel
+  reproduced exactly, constant channels included; an all-zero channel has ``r = 1`` by
+  definition (reproduced exactly). :func:`paper_repro.core.correlation.sample_r`, used in
+  :func:`quantize_tree`'s report, gives 1 for a constant tensor reproduced exactly.
 """
 
 from __future__ import annotations
@@ -59,6 +88,12 @@ GRANULARITIES = ("tensor", "channel")
 ROUNDINGS = ("linear", "log")
 METHODS = ("sample", "histogram")
 MAX_BITS = 8
+
+# The package-wide numerics version (paper_repro.NUMERICS_VERSION) is bumped whenever a change
+# here alters fitted levels or results beyond 1e-6 relative; results computed under another
+# version are recomputed. Version 2: the exponential corr search samples (top level, base)
+# differently, all-zero and constant channels are reproduced, tables are scale-normalised.
+from paper_repro import NUMERICS_VERSION  # noqa: E402
 
 _EXPONENTIAL = ("exponential", "exponential_nozero", "pow2")
 
@@ -210,53 +245,297 @@ class Quantizer:
 
 # --- Fitting on a moments table -----------------------------------------------------------------
 
-_GRID = 48  # first-pass grid per parameter
-_ZOOM = 9  # points per parameter in each refinement round
-_ROUNDS = 4
+# Search settings (changing any of them changes fitted levels: bump NUMERICS_VERSION).
+_GRID_1D = 48  # first grid of a one-parameter search
+_ZOOM_U = 17  # points per zoom round of the top-level search (2 rounds, each 8x finer)
+_TIE = 1e-6  # r within this of the best counts as a tie (broken toward least squares)
+_CONST = 4e-7  # 1 - E|w|^2 / E[w^2] below this: a constant channel (float32 rounding)
+_BIG = 1e30  # a threshold above every weight (closed-form densities included)
+# search box: u = log(c / top), rho = log(c / smallest level), v = log(rho), w = u - rho
+_U = (-math.log(100.0), 0.0)
+_V = (math.log(0.01), math.log(20.0))
 
 
-def _r_of(scheme, bits, rounding, moments, c, a):
-    p = positive_levels(scheme, bits, c, a)
-    lower = lower_bounds(p, zero=has_zero(scheme), rounding=rounding)
-    return corr_mod.half_r(p, lower, moments)
+def _plan_2d(K: int) -> tuple:
+    """Exponential (top level, base) search at ``K`` positive levels.
+
+    ``((n_u, n_rho) first grid, (n_u, n_w) zoom grid, first zoom half-width along w,
+    (first grid, zoom) of the max-anchored base search, (zoom rounds, shrink per round))``:
+    dense where a candidate is cheap (few levels; rough ``r`` landscapes), lighter from 7 bits
+    on, where each candidate costs 63-128 lookups and ``r`` is smoother.
+    """
+    if K <= 7:
+        return (24, 24), (9, 9), 1.0, (48, 9), (4, 4.0)
+    if K <= 16:
+        return (16, 16), (7, 7), 1.0, (48, 9), (4, 4.0)
+    if K <= 32:
+        return (9, 9), (5, 9), 1.5, (48, 9), (4, 4.0)
+    return (7, 7), (5, 5), 1.5, (24, 5), (3, 6.0)
 
 
-def _search_1d(f, lo, hi, n0=_GRID, n=_ZOOM, rounds=_ROUNDS):
-    """Maximize ``f(u)`` on ``[lo, hi]`` by a grid and zooming grids (vectorized, jit-able)."""
-    u = jnp.linspace(lo, hi, n0)
-    best = u[jnp.argmax(jax.vmap(f)(u))]
-    step0 = (hi - lo) / (n0 - 1)
+def _lookup(mom) -> Callable:
+    """``t: (B, M) -> (P(|v| <= t), E[|v| 1{|v| <= t}])`` on the ``B`` rows of a batched table.
 
-    def zoom(i, best):
-        step = step0 * (2.0 / (n - 1)) ** i
-        u = jnp.clip(best + jnp.linspace(-step, step, n), lo, hi)
-        return u[jnp.argmax(jax.vmap(f)(u))]
+    A histogram table takes ``(c0, dc0, c1, dc1)`` at each threshold's bin from flat arrays
+    (one plain gather per field, row offsets added to the bin index; the linear interpolation
+    of :meth:`paper_repro.core.correlation.Moments.cdf`); sample tables use their ``cdf`` per
+    row, closed-form densities elementwise.
+    """
+    if not isinstance(mom, corr_mod.Moments):
+        return mom.cdf
+    if mom.kind != "uniform":
+        return lambda t: jax.vmap(lambda m, tt: m.cdf(tt))(mom, t)
+    B, n1 = mom.c0.shape
+    n = n1 - 1
+    per = (n / jnp.where(mom.x[:, -1] > 0, mom.x[:, -1], 1.0))[:, None]
+    base = (jnp.arange(B, dtype=jnp.int32) * n)[:, None]
+    c0, c1 = mom.c0[:, :-1], mom.c1[:, :-1]
+    flat = [x.reshape(-1) for x in (c0, mom.c0[:, 1:] - c0, c1, mom.c1[:, 1:] - c1)]
 
-    best = jax.lax.fori_loop(0, rounds, zoom, best)
-    return best, f(best)
+    def look(t):
+        pos = jnp.clip(t * per, 0.0, float(n))
+        i = jnp.minimum(pos.astype(jnp.int32), n - 1)
+        f = pos - i
+        take = functools.partial(jnp.take, indices=i + base, mode="clip")
+        return take(flat[0]) + f * take(flat[1]), take(flat[2]) + f * take(flat[3])
+
+    return look
 
 
-def _search_2d(f, lo, hi, n0=24, n=_ZOOM, rounds=_ROUNDS):
-    """Maximize ``f(u, v)`` over the box ``lo..hi`` (each a pair) by grid and zoom."""
-    lo = jnp.asarray(lo, jnp.float32)
-    hi = jnp.asarray(hi, jnp.float32)
+def _corr(e_wq, e_qq, m2):
+    den = jnp.sqrt(m2 * e_qq)
+    return jnp.where(den > 0, e_wq / jnp.where(den > 0, den, 1.0), 0.0)
 
-    def grid(center, step, m):
-        t = jnp.linspace(-1.0, 1.0, m)
-        uu, vv = jnp.meshgrid(center[0] + t * step[0], center[1] + t * step[1], indexing="ij")
-        return jnp.clip(jnp.stack([uu.ravel(), vv.ravel()], -1), lo, hi)
 
-    def argbest(pts):
-        return pts[jnp.argmax(jax.vmap(lambda z: f(z[0], z[1]))(pts))]
+def _candidates(look, c1_tot, m2, c, lam, K, *, scheme: str, rounding: str):
+    """``(r, least-squares gain)``, each ``(B, M)``, of ``M`` candidate level sets per table row.
 
-    best = argbest(grid((lo + hi) / 2, (hi - lo) / 2, n0))
-    step0 = (hi - lo) / (n0 - 1)
+    Candidate ``(b, i)`` has top level ``c[b, i]`` (``c, lam: (B, M)``) and, for exponential
+    levels, ``p_k = c e^{-lam (K-1-k)}`` (``lam = -log a``); ``look``, ``c1_tot``, ``m2`` come
+    from the batched table (:func:`_lookup`). ``K`` may be traced: the levels are a loop, not an axis, so one
+    compilation serves every bit width. Each level is weighed by the mass between its
+    thresholds, exact on the table: ``E[v q] = sum_k p_k (C1(t_{k+1}) - C1(t_k))`` and
+    ``E[q q] = sum_k p_k^2 (C0(t_{k+1}) - C0(t_k))``, ``t_K`` above every weight.
+    """
+    Kf = jnp.asarray(K, jnp.float32)
+    zero = has_zero(scheme)
 
-    def zoom(i, best):
-        return argbest(grid(best, step0 * (2.0 / (n - 1)) ** i, n))
+    def level(k):
+        if scheme == "sign":
+            return c
+        if scheme == "linear":
+            return c * ((k + 1.0) / Kf)
+        if scheme == "linear_midrise":
+            return c * ((k + 0.5) / (Kf - 0.5))
+        if scheme == "pow2":
+            return c * jnp.exp2(k + 1.0 - Kf)
+        return c * jnp.exp(-lam * (Kf - 1.0 - k))
 
-    best = jax.lax.fori_loop(0, rounds, zoom, best)
-    return best, f(best[0], best[1])
+    def body(k, s):
+        p_prev, c0_prev, c1_prev, e_wq, e_qq = s
+        p = level(jnp.asarray(k, jnp.float32))
+        if rounding == "log":
+            mid = jnp.sqrt(p_prev * p)
+        else:
+            mid = 0.5 * (p_prev + p)
+        first = 0.5 * p if zero else jnp.zeros_like(p)
+        c0, c1 = look(jnp.where(k == 0, first, mid))
+        return (p, c0, c1, e_wq + p_prev * (c1 - c1_prev), e_qq + p_prev * p_prev * (c0 - c0_prev))
+
+    z = jnp.zeros_like(c)
+    p, c0, c1, e_wq, e_qq = jax.lax.fori_loop(0, K, body, (z, z, z, z, z))
+    e_wq = e_wq + p * (c1_tot - c1)
+    e_qq = e_qq + p * p * (1.0 - c0)
+    g = jnp.where(e_qq > 0, e_wq / jnp.where(e_qq > 0, e_qq, 1.0), 1.0)
+    return _corr(e_wq, e_qq, m2), g
+
+
+@dataclasses.dataclass(frozen=True)
+class _Track:
+    """One zoom search in two coordinates ``z``, mapped to ``(u, rho)`` by ``to_urho``.
+
+    ``start: (M0, 2)`` first candidates; each round evaluates ``offsets: (Z, 2)`` (in units of
+    the round's half-width ``h0 / 4^round``) around the track's best point, clipped to
+    ``lo..hi``. The best point seen wins; ties keep the earlier point. With ``gain_dir``, each
+    round also tries the best point's levels rescaled by their least-squares gain ``g``
+    (``z + log(g) gain_dir``) and takes it when its ``r`` is within ``_TIE`` of the best: ties
+    on a plateau of ``r`` (a constant channel: ``r`` is scale-free there, least squares is
+    not) go to the least-squares scale.
+    """
+
+    start: np.ndarray
+    offsets: np.ndarray
+    h0: tuple[float, float]
+    lo: tuple[float, float]
+    hi: tuple[float, float]
+    to_urho: Callable
+    gain_dir: tuple[float, float] | None = None  # how rescaling the levels moves z
+
+
+def _axis_offsets(n: int, axis: int) -> np.ndarray:
+    out = np.zeros((n, 2), np.float32)
+    out[:, axis] = np.linspace(-1.0, 1.0, n, dtype=np.float32)
+    return out
+
+
+def _u_track() -> _Track:
+    """The top level alone: ``u`` on a grid from ``u = 0`` (max-anchored) down, then zooms.
+
+    The grid runs downward, so ties of ``r`` keep the max-anchored top level. Two zoom rounds
+    of 17 points (8x finer each) reach the resolution of four 9-point rounds in half the passes
+    over the levels.
+    """
+    u = np.linspace(_U[1], _U[0], _GRID_1D, dtype=np.float32)
+    return _Track(np.stack([u, np.zeros_like(u)], -1), _axis_offsets(_ZOOM_U, 0),
+                  ((_U[1] - _U[0]) / (_GRID_1D - 1), 0.0), (_U[0], 0.0), (_U[1], 0.0),
+                  lambda z: (z[..., 0], jnp.ones_like(z[..., 0])), gain_dir=(1.0, 0.0))
+
+
+def _v_track(plan) -> _Track:
+    """The base alone, top level pinned at ``max|w|``: ``v = log(rho)`` grid, then zooms.
+
+    The grid runs from the widest level range down, so ties of ``r`` (a plateau, e.g. a
+    constant channel) do not pick nearly equal levels.
+    """
+    n, zoom = plan[3]
+    v = np.linspace(_V[1], _V[0], n, dtype=np.float32)
+    return _Track(np.stack([np.zeros_like(v), v], -1), _axis_offsets(zoom, 1),
+                  (0.0, (_V[1] - _V[0]) / (n - 1)), (0.0, _V[0]), (0.0, _V[1]),
+                  lambda z: (z[..., 0], jnp.exp(z[..., 1])))
+
+
+def _uw_track(plan) -> _Track:
+    """Top level and base: a ``(u, log rho)`` grid, zooms in ``(u, w)``.
+
+    ``w = log(smallest level / top)``: the ridge of ``r`` is nearly aligned with ``(u, w)``.
+    """
+    (nu, nv), (zu, zw), h_w, _, _ = plan
+    gu, gv = np.meshgrid(np.linspace(_U[1], _U[0], nu), np.linspace(_V[1], _V[0], nv),
+                         indexing="ij")  # downward: ties keep the max-anchored, wide levels
+    start = np.stack([gu.ravel(), gu.ravel() - np.exp(gv.ravel())], -1).astype(np.float32)
+    tu, tw = np.linspace(-1.0, 1.0, zu), np.linspace(-1.0, 1.0, zw)
+    offsets = np.stack(np.meshgrid(tu, tw, indexing="ij"), -1).reshape(-1, 2).astype(np.float32)
+    rho_lo, rho_hi = math.exp(_V[0]), math.exp(_V[1])
+    return _Track(start, offsets, ((_U[1] - _U[0]) / (nu - 1), h_w),
+                  (_U[0], _U[0] - rho_hi), (_U[1], _U[1] - rho_lo),
+                  lambda z: (z[..., 0], jnp.clip(z[..., 0] - z[..., 1], rho_lo, rho_hi)),
+                  gain_dir=(1.0, 1.0))
+
+
+def _search(f, tracks: list[_Track], B: int, *, rounds: int = 4, shrink: float = 4.0):
+    """Run every track's first grid and zoom rounds on ``B`` rows, candidates in one call of ``f``.
+
+    ``f(u: (B, M), rho: (B, M)) -> (r, g)``, each ``(B, M)``. One call for all first grids and
+    one (in a loop) per round for all tracks: few compiled evaluation sites. ``rounds`` zoom
+    rounds, the half-width divided by ``shrink`` each round. Returns per track
+    ``(z (B, 2), r (B,), g (B,))`` at each row's best point.
+    """
+
+    def evaluate(points):
+        urho = [t.to_urho(z) for t, z in zip(tracks, points, strict=True)]
+        r, g = f(jnp.concatenate([u for u, _ in urho], axis=1),
+                 jnp.concatenate([v for _, v in urho], axis=1))
+        cuts = list(np.cumsum([z.shape[1] for z in points])[:-1])
+        return jnp.split(r, cuts, axis=1), jnp.split(g, cuts, axis=1)
+
+    def pick(z, r, g, k):
+        return (jnp.take_along_axis(z, k[:, None, None], axis=1)[:, 0],
+                jnp.take_along_axis(r, k[:, None], axis=1)[:, 0],
+                jnp.take_along_axis(g, k[:, None], axis=1)[:, 0])
+
+    starts = [jnp.broadcast_to(jnp.asarray(t.start), (B,) + t.start.shape) for t in tracks]
+    rs, gs = evaluate(starts)
+    best = [pick(z, r, g, jnp.argmax(r, axis=1)) for z, r, g in zip(starts, rs, gs, strict=True)]
+
+    def body(j, best):
+        pts = []
+        for t, (z0, _, g0) in zip(tracks, best, strict=True):
+            lo, hi = jnp.asarray(t.lo, jnp.float32), jnp.asarray(t.hi, jnp.float32)
+            h = jnp.asarray(t.h0, jnp.float32) / jnp.float32(shrink)**j
+            z = z0[:, None, :] + jnp.asarray(t.offsets)[None] * h
+            if t.gain_dir is not None:
+                step = jnp.where(g0 > 0, jnp.log(jnp.where(g0 > 0, g0, 1.0)), 0.0)
+                zg = z0 + step[:, None] * jnp.asarray(t.gain_dir, jnp.float32)
+                z = jnp.concatenate([z, zg[:, None, :]], axis=1)
+            pts.append(jnp.clip(z, lo, hi))
+        rs, gs = evaluate(pts)
+        out = []
+        for t, (z0, r0, g0), z, r, g in zip(tracks, best, pts, rs, gs, strict=True):
+            n = t.offsets.shape[0]
+            zk, rk, gk = pick(z, r, g, jnp.argmax(r[:, :n], axis=1))
+            up = rk > r0
+            zb, rb, gb = jnp.where(up[:, None], zk, z0), jnp.where(up, rk, r0), jnp.where(up, gk, g0)
+            if t.gain_dir is not None:
+                tie = r[:, n] >= rb - _TIE
+                zb = jnp.where(tie[:, None], z[:, n], zb)
+                rb, gb = jnp.where(tie, r[:, n], rb), jnp.where(tie, g[:, n], gb)
+            out.append((zb, rb, gb))
+        return out
+
+    return jax.lax.fori_loop(0, rounds, body, best)
+
+
+@functools.partial(jax.jit, static_argnames=("scheme", "fit", "rounding", "base", "plan"))
+def _fit_rows(mom, K, *, scheme: str, fit: str, rounding: str, base, plan) -> dict:
+    """Fit every row of a batched table in its own units: ``c, a, r, g: (B,)``.
+
+    ``c`` top level, ``a`` exponential base (0 for other schemes), ``r`` on the table, ``g`` the
+    least-squares gain of the fitted levels. ``K`` is data: one compilation per search plan
+    serves every bit width. Searches run over ``u = log(c / top)`` in ``[log(1/100), 0]``
+    and, for free exponential bases, ``rho = log(c / smallest level)`` in ``[0.01, 20]``
+    (``a = exp(-rho / (K - 1))``): a first grid, then zooming grids (:func:`_search`, ties of
+    ``r`` going to the least-squares scale). The free-base corr fit keeps the max-anchored
+    solution when it is better. An all-zero row gets ``c = 0`` and ``r = 1``; a constant row
+    (all ``|w|`` equal) gets ``c = max|w|`` and gain 1, so it is reproduced exactly.
+    """
+    B = mom.m2.shape[0]
+    empty = ~(mom.top > 0)
+    top = jnp.where(empty, 1.0, mom.top)
+    look = _lookup(mom)
+    c1_tot = look(jnp.full((B, 1), _BIG, jnp.float32))[1]
+    m2 = jnp.asarray(mom.m2)[:, None]
+    free_base = plan is not None
+    Km1 = jnp.maximum(jnp.asarray(K, jnp.float32) - 1.0, 1.0)
+    a_fixed = jnp.float32(0.5 if scheme == "pow2" else (base if base is not None else 0.5))
+
+    def f(u, rho):
+        lam = rho / Km1 if free_base else jnp.broadcast_to(-jnp.log(a_fixed), u.shape)
+        return _candidates(look, c1_tot, m2, top[:, None] * jnp.exp(u), lam, K, scheme=scheme,
+                           rounding=rounding)
+
+    # all |w| equal (E|w|^2 = E[w^2] to float rounding): the top level reproduces them
+    const = ~empty & (c1_tot[:, 0] ** 2 >= mom.m2 * (1.0 - _CONST))
+
+    def done(c, rho, r, g):
+        a = jnp.exp(-rho / Km1) if free_base else jnp.broadcast_to(a_fixed, c.shape)
+        c, g = jnp.where(const, top if scheme != "sign" else c, c), jnp.where(const, 1.0, g)
+        return {"c": jnp.where(empty, 0.0, c),
+                "a": jnp.asarray(a if scheme in _EXPONENTIAL else jnp.zeros_like(c), jnp.float32),
+                "r": jnp.where(empty, 1.0, r), "g": jnp.where(empty, 1.0, g)}
+
+    if scheme == "sign" or (fit == "max" and not free_base):
+        # sign: r does not depend on c; the least-squares scale E|v| keeps magnitudes right
+        c = c1_tot[:, 0] if (scheme == "sign" and fit == "corr") else top
+        r, g = f(jnp.log(c / top)[:, None], jnp.ones((B, 1), jnp.float32))
+        return done(c, jnp.ones_like(c), r[:, 0], g[:, 0])
+    if fit == "max":
+        rounds, shrink = plan[4]
+        ((z, r, g),) = _search(f, [_v_track(plan)], B, rounds=rounds, shrink=shrink)
+        return done(top, jnp.exp(z[:, 1]), r, g)
+    if free_base:
+        rounds, shrink = plan[4]
+        (z, r, g), (z1, r1, g1) = _search(f, [_uw_track(plan), _v_track(plan)], B,
+                                          rounds=rounds, shrink=shrink)
+        rho = jnp.clip(z[:, 0] - z[:, 1], math.exp(_V[0]), math.exp(_V[1]))
+        # the corr fit never loses to the max-anchored one: compare and keep the better
+        better = r1 > r
+        u = jnp.where(better, 0.0, z[:, 0])
+        rho = jnp.where(better, jnp.exp(z1[:, 1]), rho)
+        r, g = jnp.where(better, r1, r), jnp.where(better, g1, g)
+    else:
+        ((z, r, g),) = _search(f, [_u_track()], B, rounds=2, shrink=8.0)
+        u, rho = z[:, 0], jnp.ones_like(r)
+    return done(top * jnp.exp(u), rho, r, g)
 
 
 def _lloyd_max(bits, moments, iters=300):
@@ -267,7 +546,7 @@ def _lloyd_max(bits, moments, iters=300):
     def step(p, _):
         lower = lower_bounds(p, zero=False)
         c0, c1 = moments.cdf(lower)
-        big = jnp.asarray(1e30, jnp.float32)
+        big = jnp.asarray(_BIG, jnp.float32)
         c0_hi, c1_hi = moments.cdf(big)
         n0 = jnp.diff(jnp.append(c0, c0_hi))
         n1 = jnp.diff(jnp.append(c1, c1_hi))
@@ -278,10 +557,38 @@ def _lloyd_max(bits, moments, iters=300):
     return p
 
 
-def _ratio_to_base(scheme, bits, rho):
-    """Base ``a`` from the log dynamic range ``rho = log(top / smallest level)``."""
+@functools.partial(jax.jit, static_argnames=("bits",))
+def _lloyd_rows(mom, *, bits):
+    """Lloyd-Max levels of every row: ``{"p": (C, K), "c", "a", "r", "g": (C,)}``."""
+
+    def one(m):
+        empty = ~(m.top > 0)
+        p = _lloyd_max(bits, m)
+        c0, c1 = m.cdf(lower_bounds(p, zero=False))
+        c0 = jnp.append(c0, 1.0)
+        c1 = jnp.append(c1, m.cdf(jnp.asarray(_BIG, jnp.float32))[1])
+        e_wq = jnp.sum(p * jnp.diff(c1))
+        e_qq = jnp.sum(p * p * jnp.diff(c0))
+        g = jnp.where(e_qq > 0, e_wq / jnp.where(e_qq > 0, e_qq, 1.0), 1.0)
+        const = ~empty & (c1[-1] ** 2 >= m.m2 * (1.0 - _CONST))
+        g = jnp.where(const, 1.0, g)
+        return {"p": jnp.where(empty, 0.0, p), "c": jnp.where(empty, 0.0, p[-1]),
+                "a": jnp.float32(0.0), "r": jnp.where(empty, 1.0, _corr(e_wq, e_qq, m.m2)),
+                "g": jnp.where(empty, 1.0, g)}
+
+    return jax.vmap(one)(mom)
+
+
+def _fit_batch(mom, *, scheme: str, bits: int, fit: str, rounding: str, base) -> dict:
+    """Fit every row of a batched table (table units): ``c, a, r, g: (C,)`` (+ ``p`` Lloyd-Max)."""
+    if scheme == "lloyd_max":
+        return _lloyd_rows(mom, bits=bits)
     K = n_positive(scheme, bits)
-    return jnp.exp(-rho / max(K - 1, 1))
+    free_base = scheme in ("exponential", "exponential_nozero") and base is None and K > 1
+    plan = _plan_2d(K) if free_base else None
+    rounding = "linear" if scheme == "sign" else rounding
+    return _fit_rows(mom, jnp.int32(K), scheme=scheme, fit=fit, rounding=rounding,
+                     base=None if base is None else float(base), plan=plan)
 
 
 @functools.partial(jax.jit, static_argnames=("scheme", "bits", "fit", "rounding", "base"))
@@ -289,81 +596,110 @@ def fit_moments(moments, *, scheme: str, bits: int, fit: str = "corr",
                 rounding: str = "linear", base: float | None = None) -> dict:
     """Fit one quantizer's positive levels on a moments table (one tensor or one channel).
 
-    Returns ``{"p": (K,), "c": (), "a": (), "r": ()}`` where ``r`` is exact on the table.
-    Searches run over ``log(c / top)`` in ``[log(1/100), 0]`` and, for free exponential
-    bases, the log dynamic range ``log(c / smallest level)`` in ``[0.01, 20]``.
+    ``moments``: a :class:`paper_repro.core.correlation.Moments` (levels come back in the
+    weights' units, times its ``scale``) or a closed-form density
+    (:func:`paper_repro.core.correlation.density_moments`). Returns
+    ``{"p": (K,), "c": (), "a": (), "r": ()}`` where ``r`` is exact on the table. Searches run
+    over ``log(c / top)`` in ``[log(1/100), 0]`` and, for free exponential bases, the log
+    dynamic range ``log(c / smallest level)`` in ``[0.01, 20]``: a first grid, then zooms.
     """
-    top = jnp.where(moments.top > 0, moments.top, 1.0)
-    K = n_positive(scheme, bits)
-    free_base = scheme in ("exponential", "exponential_nozero") and base is None and K > 1
-    a_fixed = jnp.float32(0.5 if scheme == "pow2" else (base if base is not None else 0.5))
-
-    def r_ca(c, a):
-        return _r_of(scheme, bits, rounding, moments, c, a)
-
+    batch = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], moments)
+    out = jax.tree_util.tree_map(lambda x: x[0], _fit_batch(
+        batch, scheme=scheme, bits=bits, fit=fit, rounding=rounding, base=base))
+    s = jnp.asarray(getattr(moments, "scale", 1.0), jnp.float32)
     if scheme == "lloyd_max":
-        p = _lloyd_max(bits, moments)
-        r = corr_mod.half_r(p, lower_bounds(p, zero=False), moments)
-        return {"p": p, "c": p[-1], "a": jnp.float32(0.0), "r": r}
-    if scheme == "sign":
-        # r does not depend on c; the least-squares scale E|w| keeps magnitudes right.
-        c = top if fit == "max" else moments.cdf(jnp.asarray(1e30, jnp.float32))[1]
-        p = positive_levels("sign", 1, c)
-        return {"p": p, "c": c, "a": jnp.float32(0.0), "r": r_ca(c, 0.0)}
-
-    # Searches run on c / top, so fits are equivariant to the weights' scale.
-    log_lo, log_hi = -math.log(100.0), 0.0
-    rho_lo, rho_hi = math.log(0.01), math.log(20.0)
-    if fit == "max" or not free_base:
-        if fit == "max":
-            c = top
-            if free_base:
-                lr, _ = _search_1d(lambda u: r_ca(c, _ratio_to_base(scheme, bits, jnp.exp(u))),
-                                   rho_lo, rho_hi)
-                a = _ratio_to_base(scheme, bits, jnp.exp(lr))
-            else:
-                a = a_fixed
-        else:
-            lc, _ = _search_1d(lambda u: r_ca(top * jnp.exp(u), a_fixed), log_lo, log_hi)
-            c, a = top * jnp.exp(lc), a_fixed
-            # Keep the max-anchored solution when it is at least as good (grid endpoints).
-            better = r_ca(top, a_fixed) >= r_ca(c, a)
-            c = jnp.where(better, top, c)
+        p = out["p"]
     else:
-        best, _ = _search_2d(
-            lambda u, v: r_ca(top * jnp.exp(u), _ratio_to_base(scheme, bits, jnp.exp(v))),
-            (log_lo, rho_lo), (log_hi, rho_hi),
-        )
-        c, a = top * jnp.exp(best[0]), _ratio_to_base(scheme, bits, jnp.exp(best[1]))
-        # The corr fit must never lose to the max-anchored one: compare and keep the better.
-        lr, _ = _search_1d(lambda u: r_ca(top, _ratio_to_base(scheme, bits, jnp.exp(u))),
-                           rho_lo, rho_hi)
-        a_max = _ratio_to_base(scheme, bits, jnp.exp(lr))
-        better = r_ca(top, a_max) > r_ca(c, a)
-        c, a = jnp.where(better, top, c), jnp.where(better, a_max, a)
-    p = positive_levels(scheme, bits, c, a)
-    a_out = a if scheme in _EXPONENTIAL else jnp.float32(0.0)
-    return {"p": p, "c": c, "a": jnp.asarray(a_out, jnp.float32), "r": r_ca(c, a)}
+        p = canonical_levels(scheme, bits, out["c"], out["a"])
+    return {"p": p * s, "c": out["c"] * s, "a": out["a"], "r": out["r"]}
+
+
+def _codebooks(out: dict, scale, *, scheme: str, bits: int, gain: bool, rounding: str, xp):
+    """``(levels (C, L), thresholds (C, L-1), params)`` in the weights' units.
+
+    Levels are the stored two-number form (:func:`canonical_levels`, times the gain), or the
+    Lloyd-Max levels; thresholds are computed in table units and scaled back by each row's
+    power of two (exact), so nothing overflows near the float32 maximum. ``xp``: ``numpy`` for
+    concrete tables (the same bits as the storage code's rebuild), ``jax.numpy`` under a trace.
+    """
+    f32 = xp.float32
+    s = xp.asarray(scale, f32)[:, None]
+    c = xp.asarray(out["c"], f32) * s[:, 0]
+    g = xp.asarray(out["g"], f32) if gain else xp.ones_like(c)
+    if scheme == "lloyd_max":
+        p = xp.asarray(out["p"], f32) * g[:, None] * s
+    else:
+        p = canonical_levels(scheme, bits, c * g, xp.asarray(out["a"], f32), xp=xp)
+    zero = has_zero(scheme)
+    pn = p / s
+    if rounding == "log" and scheme != "lloyd_max":
+        mids = xp.sqrt(pn[:, :-1] * pn[:, 1:])
+    else:
+        mids = f32(0.5) * (pn[:, :-1] + pn[:, 1:])
+    first = f32(0.5) * pn[:, :1] if zero else xp.zeros_like(pn[:, :1])
+    lower = xp.concatenate([first, mids], axis=1) * s
+    neg_p, neg_lo = -p[:, ::-1], -lower[:, ::-1]
+    if zero:
+        levels = xp.concatenate([neg_p, xp.zeros_like(p[:, :1]), p], axis=1)
+        thresholds = xp.concatenate([neg_lo, lower], axis=1)
+    else:
+        levels = xp.concatenate([neg_p, p], axis=1)
+        thresholds = xp.concatenate([neg_lo[:, :-1], xp.zeros_like(p[:, :1]), lower[:, 1:]],
+                                    axis=1)
+    params = {"c": c, "a": xp.asarray(out["a"], f32), "gain": g,
+              "r_fit": xp.asarray(out["r"], f32)}
+    return levels, thresholds, params
 
 
 # --- Public API ---------------------------------------------------------------------------------
 
-_CHUNK = 256  # channels fitted per compiled call (fixed, so one compile serves every layer)
+
+_ROWS = 16  # rows (channels, or one padded tensor) per compiled call: one compilation serves
+# every layer and both granularities; 16 histogram tables (128 KiB each) stay in cache
 
 
 def _is_tracer(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+def _dtype_of(w):
+    dtype = getattr(w, "dtype", None)
+    return np.asarray(w).dtype if dtype is None else np.dtype(dtype)
+
+
+def _check_dtype(w, what="weights") -> None:
+    """Refuse anything but floating-point weights (integers would be truncated on the way back)."""
+    dtype = _dtype_of(w)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{what} have dtype {dtype}: quantization needs floating-point weights "
+                         "(float16, bfloat16, float32 or float64); convert them explicitly, "
+                         "e.g. w.astype(np.float32)")
+
+
 def _check_finite(w, what="weights") -> None:
+    _check_dtype(w, what)
     if _is_tracer(w):
         return
     a = np.asarray(w)
     if a.size == 0:
         raise ValueError(f"{what} are empty: nothing to quantize")
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float32)
     if not np.all(np.isfinite(a)):
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         raise ValueError(f"{what} contain {bad} non-finite values (nan/inf); fix them first")
+
+
+def _channel_axis(w, channel_axis: int) -> int:
+    """The channel axis of ``w`` as a non-negative int; per-channel needs a 2-D+ array."""
+    shape = np.shape(w)
+    if len(shape) < 2:
+        raise ValueError(f"per-channel quantization needs an array with a channel axis and at "
+                         f"least one more axis, got shape {shape}: use granularity='tensor'")
+    if not isinstance(channel_axis, (int, np.integer)) or not -len(shape) <= channel_axis < len(
+            shape):
+        raise ValueError(f"channel_axis={channel_axis!r} out of range for shape {shape}")
+    return int(channel_axis) % len(shape)
 
 
 def _bucket(n: int) -> int:
@@ -385,19 +721,20 @@ def moments(w: jax.Array, *, granularity: str = "tensor", channel_axis: int = -1
     """Partial-moment tables of ``|w|`` (one pass), batched ``(C, ...)`` over channels.
 
     Pass the result as ``fit(w, ..., table=m)`` to fit many schemes and bit widths from one
-    pass over the weights (each fit then costs O(levels) per candidate).
+    pass over the weights (each fit then costs O(levels) per candidate). Per tensor ``C = 1``;
+    per channel ``C = w.shape[channel_axis]``.
     """
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if not isinstance(bins, (int, np.integer)) or isinstance(bins, bool) or bins < 2:
+        raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
     _check_finite(w)
     xp = jnp if _is_tracer(w) else np
     w = xp.asarray(w, xp.float32)
     if granularity == "channel":
-        if w.ndim == 0:
-            raise ValueError("per-channel quantization needs an array with a channel axis")
-        ax = channel_axis % w.ndim
+        ax = _channel_axis(w, channel_axis)
         rows = xp.moveaxis(w, ax, 0).reshape(w.shape[ax], -1)
     else:
         rows = w.reshape(1, -1)
@@ -408,10 +745,11 @@ def fit(w: jax.Array | None, *, scheme: str, bits: int, fit: str = "corr",
         granularity: str = "tensor", channel_axis: int = -1, gain: bool = False,
         rounding: str = "linear", base: float | None = None, method: str = "histogram",
         bins: int = 2048, table=None) -> Quantizer:
-    """Fit a quantizer to weights ``w`` (any shape).
+    """Fit a quantizer to weights ``w`` (any shape; 2-D or more per channel).
 
     Args:
-      w: weights, any shape; per-channel fits use ``channel_axis`` as the output channels.
+      w: floating-point weights (float16/bfloat16 are fitted in float32), any shape;
+        per-channel fits use ``channel_axis`` as the output channels. ``None`` with ``table``.
       scheme, bits: the level family and bit width (sign bit included), see module docs.
       fit: ``"max"`` (top level = max|w|) or ``"corr"`` (maximize corr(w, Q(w))).
       granularity: ``"tensor"`` (one codebook) or ``"channel"`` (one per channel).
@@ -428,62 +766,47 @@ def fit(w: jax.Array | None, *, scheme: str, bits: int, fit: str = "corr",
     check_args(scheme, bits, fit, granularity, rounding, method)
     if base is not None and not 0.0 < float(base) < 1.0:
         raise ValueError(f"base must lie in (0, 1), got {base}")
+    if w is None and table is None:
+        raise ValueError("nothing to fit: pass the weights w or a table from moments(w)")
+    if w is not None:
+        _check_dtype(w)
+        if granularity == "channel":
+            channel_axis = _channel_axis(w, channel_axis)
     mom = table if table is not None else moments(
         w, granularity=granularity, channel_axis=channel_axis, method=method, bins=bins)
-    if granularity == "channel" and w is not None:
-        channel_axis = channel_axis % np.ndim(w)
-    kw = dict(scheme=scheme, bits=bits, fit=fit, gain=gain, rounding=rounding, base=base)
-    C = mom.m2.shape[0]
-    if granularity == "tensor":
-        levels, thresholds, params = _fit_table(mom, **kw)
-        return Quantizer(levels=levels[0], thresholds=thresholds[0],
-                         params={k: v[0] for k, v in params.items()}, scheme=scheme,
-                         bits=bits, granularity=granularity, channel_axis=channel_axis)
+    C = int(np.shape(mom.m2)[0]) if np.ndim(mom.m2) else 0
+    if granularity == "tensor" and C != 1:
+        raise ValueError(f"the table has {C or 'no'} rows but a per-tensor fit needs one: pass "
+                         "moments(w, granularity='tensor')")
+    if granularity == "channel" and w is not None and C != np.shape(w)[channel_axis]:
+        raise ValueError(f"the table has {C} rows for {np.shape(w)[channel_axis]} channels: "
+                         "pass moments(w, granularity='channel') with the same channel_axis")
+    if np.ndim(mom.scale) == 0:  # a hand-made table without per-row scales
+        mom = dataclasses.replace(mom, scale=jnp.broadcast_to(jnp.float32(mom.scale), (C,)))
+    traced = any(_is_tracer(x) for x in jax.tree_util.tree_leaves(mom))
+    xp = jnp if traced else np
+    kw = dict(scheme=scheme, bits=bits, fit=fit, rounding=rounding, base=base)
+    B = _ROWS
     parts = []
-    for s in range(0, C, _CHUNK):
-        idx = np.minimum(np.arange(s, s + _CHUNK), C - 1)  # pad by repeating the last row
-        chunk = jax.tree_util.tree_map(lambda x, i=idx: x[i], mom)
-        n_real = min(_CHUNK, C - s)
-        parts.append(jax.tree_util.tree_map(lambda x, n=n_real: x[:n], _fit_table(chunk, **kw)))
-    levels, thresholds, params = jax.tree_util.tree_map(
-        lambda *xs: jnp.concatenate(xs, axis=0), *parts)
-    return Quantizer(levels=levels, thresholds=thresholds, params=params, scheme=scheme,
+    for s in range(0, C, B):  # dispatched asynchronously: Python slices while XLA fits
+        if s + B <= C:
+            chunk = jax.tree_util.tree_map(lambda x, s=s: x[s:s + B], mom)
+        else:
+            idx = np.minimum(np.arange(s, s + B), C - 1)  # pad by repeating the last row
+            chunk = jax.tree_util.tree_map(lambda x, i=idx: x[i], mom)
+        parts.append(_fit_batch(chunk, **kw))
+    out = {k: (jnp.concatenate([o[k] for o in parts]) if len(parts) > 1 else parts[0][k])[:C]
+           for k in parts[0]}
+    if not traced:
+        out = {k: np.asarray(v) for k, v in out.items()}
+    levels, thresholds, params = _codebooks(out, mom.scale, scheme=scheme, bits=bits,
+                                            gain=gain, rounding=rounding, xp=xp)
+    if granularity == "tensor":
+        levels, thresholds = levels[0], thresholds[0]
+        params = {k: v[0] for k, v in params.items()}
+    return Quantizer(levels=jnp.asarray(levels), thresholds=jnp.asarray(thresholds),
+                     params={k: jnp.asarray(v) for k, v in params.items()}, scheme=scheme,
                      bits=bits, granularity=granularity, channel_axis=channel_axis)
-
-
-@functools.partial(jax.jit, static_argnames=("scheme", "bits", "fit", "gain", "rounding",
-                                              "base"))
-def _fit_table(mom, *, scheme, bits, fit, gain, rounding, base):
-    """Fit every row of a batched moments table: ``(levels (C, L), thresholds, params)``."""
-    out = jax.vmap(lambda m: fit_moments(m, scheme=scheme, bits=bits, fit=fit,
-                                         rounding=rounding, base=base))(mom)
-    p = out["p"]
-    zero = has_zero(scheme)
-    rounding = "linear" if scheme == "lloyd_max" else rounding
-    lower = jax.vmap(lambda pk: lower_bounds(pk, zero=zero, rounding=rounding))(p)
-    if gain:
-        big = jnp.asarray(1e30, jnp.float32)
-
-        def ls_gain(pk, lo, m):
-            c0, c1 = m.cdf(lo)
-            c0_hi, c1_hi = m.cdf(big)
-            e_wq = jnp.sum(pk * jnp.diff(jnp.append(c1, c1_hi)))
-            e_qq = jnp.sum(pk * pk * jnp.diff(jnp.append(c0, c0_hi)))
-            return jnp.where(e_qq > 0, e_wq / jnp.where(e_qq > 0, e_qq, 1.0), 1.0)
-
-        g = jax.vmap(ls_gain)(p, lower, mom)
-    else:
-        g = jnp.ones(p.shape[:1], jnp.float32)
-    if scheme == "lloyd_max":
-        p_final = p * g[:, None]
-    else:
-        # the stored form of the codebook: two numbers per codebook, exact in float32
-        p_final = canonical_levels(scheme, bits, out["c"] * g, out["a"])
-    lower_final = jax.vmap(lambda pk: lower_bounds(pk, zero=zero, rounding=rounding))(p_final)
-    levels, thresholds = jax.vmap(lambda pk, lo: full_codebook(pk, lo, zero=zero))(
-        p_final, lower_final)
-    params = {"c": out["c"], "a": out["a"], "gain": g, "r_fit": out["r"]}
-    return levels, thresholds, params
 
 
 def code_dtype(n_levels: int):
@@ -527,6 +850,7 @@ def _table_rows(table, q: Quantizer):
 
 def encode(w: jax.Array, q: Quantizer) -> jax.Array:
     """Integer codes (indices into ``q.levels``) of the nearest level; same shape as ``w``."""
+    _check_dtype(w)
     rows, unpad = _as_rows(jnp.asarray(w, jnp.float32), q)
     codes = _encode_rows(rows, _table_rows(q.thresholds, q))
     return unpad(codes).astype(code_dtype(q.n_levels))
@@ -541,10 +865,16 @@ def decode(codes: jax.Array, q: Quantizer) -> jax.Array:
 def quantize(w: jax.Array, **kwargs) -> tuple[jax.Array, Quantizer]:
     """Fit and apply: returns ``(w_hat, q)`` with ``w_hat`` the dequantized weights.
 
-    Takes the keyword arguments of :func:`fit`.
+    Takes the keyword arguments of :func:`fit`. ``w_hat`` has the input's floating dtype as
+    JAX holds it (float16 and bfloat16 stay; fitting and coding run in float32; float64 is
+    float32 unless JAX runs with x64).
     """
     q = fit(w, **kwargs)
-    return decode(encode(w, q), q), q
+    return decode(encode(w, q), q).astype(_out_dtype(w)), q
+
+
+def _out_dtype(w):
+    return jax.dtypes.canonicalize_dtype(_dtype_of(w))
 
 
 # --- Whole models -------------------------------------------------------------------------------
@@ -610,12 +940,16 @@ def quantize_tree(params, *, select: str = r".*kernel",
     report = []
     for path, leaf in chosen:
         b = bits[path] if isinstance(bits, Mapping) else bits
-        w = jnp.asarray(leaf, jnp.float32)
         _check_finite(leaf, what=f"weights at {path!r}")
+        if fit_kwargs.get("granularity") == "channel" and np.ndim(leaf) < 2:
+            raise ValueError(f"weights at {path!r} have shape {np.shape(leaf)}: per-channel "
+                             "quantization needs a channel axis and one more; select only "
+                             "kernels (select=...) or use granularity='tensor'")
+        w = jnp.asarray(leaf, jnp.float32)
         q = fit(w, scheme=scheme, bits=int(b), channel_axis=axis_fn(path, leaf), **fit_kwargs)
         codes = encode(w, q)
         w_hat = decode(codes, q)
-        new[path] = w_hat.astype(jnp.asarray(leaf).dtype)
+        new[path] = w_hat.astype(_out_dtype(leaf))
         a = np.asarray(leaf, np.float64)
         std = float(a.std())
         report.append({
