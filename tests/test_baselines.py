@@ -91,8 +91,8 @@ def test_compare_rows_are_one_table(tmp_path):
     pytest.importorskip("qwix", reason="qwix not installed: `pip install qwix==0.1.8`")
     import jax.numpy as jnp
 
-    from paper_repro.feedforward import sweep as E
     from paper_repro import results as R
+    from paper_repro.feedforward import sweep as E
 
     rng = np.random.default_rng(0)
     kernel = rng.laplace(size=(12, 6)).astype(np.float32)

@@ -10,9 +10,8 @@ import pytest
 
 from paper_repro.core import quantize as Q
 from paper_repro.feedforward import calibration as C
-from paper_repro.feedforward import digits
+from paper_repro.feedforward import digits, repairs
 from paper_repro.feedforward import graph as G
-from paper_repro.feedforward import repairs
 from paper_repro.feedforward import rounding as RD
 from paper_repro.feedforward.models import layers as L
 

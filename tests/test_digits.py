@@ -8,9 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from paper_repro.feedforward import digits
-
-from paper_repro.feedforward import imagenet
+from paper_repro.feedforward import digits, imagenet
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from paper_repro import cli
-from paper_repro.feedforward import sweep as E
 from paper_repro.core import quantize as Q
+from paper_repro.feedforward import sweep as E
 from paper_repro.results import ResultsTable
 
 

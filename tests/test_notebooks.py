@@ -5,8 +5,8 @@ import json
 
 import nbformat
 import pytest
-
 from conftest import shared_data_dir
+
 from paper_repro.commands import notebooks
 
 # Notebooks whose experiments need no real data: they must show figures anywhere.

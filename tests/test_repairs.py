@@ -507,8 +507,9 @@ def test_real_mobilenet_fold_equalize_exact(shared_data):
 def test_anchoring_follows_known_statistics(tiny_mobilenet):
     """Batch-norm networks: every layer's expected input is anchored in statistics. Without
     batch norms, only what follows linearly from the preprocessing constants is."""
-    from paper_repro.feedforward import onnx_model
     from test_graph import _tiny_onnx
+
+    from paper_repro.feedforward import onnx_model
 
     params, graph, _ = tiny_mobilenet
     mom = C.propagate(graph, params, in_mean=np.zeros(3), in_std=np.ones(3))

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from paper_repro.core import quantize as Q
-from paper_repro.feedforward import digits
-from paper_repro.feedforward import repairs
+from paper_repro.feedforward import digits, repairs
 from paper_repro.feedforward import rounding as RD
 
 

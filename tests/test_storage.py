@@ -208,9 +208,10 @@ def test_bad_files_raise_clear_errors(tmp_path):
 
 
 def test_pack_and_unpack_commands(tmp_path, capsys):
+    from paper_repro.experiments.storage import synthetic_params
     from paper_repro.feedforward import weights as W
 
-    params = S.synthetic_params("mobilenet", 0.25, seed=0)
+    params = synthetic_params("mobilenet", 0.25, seed=0)
     h5 = W.save_h5(params, tmp_path / "mobilenet_2_5_224_tf.h5")
     out = tmp_path / "m.prq"
     rc = cli.main(["pack", "--model", "mobilenet", "--alpha", "0.25", "--weights", str(h5),
@@ -688,9 +689,10 @@ def test_entropy_coding_is_smaller_exact_and_near_the_entropy(tmp_path):
 
 
 def mobilenet_packed(tmp_path, capsys, *extra):
+    from paper_repro.experiments.storage import synthetic_params
     from paper_repro.feedforward import weights as W
 
-    params = S.synthetic_params("mobilenet", 0.25, seed=0)
+    params = synthetic_params("mobilenet", 0.25, seed=0)
     h5 = W.save_h5(params, tmp_path / "mobilenet_2_5_224_tf.h5")
     out = tmp_path / "m.prq"
     assert cli.main(["pack", "--model", "mobilenet", "--alpha", "0.25", "--weights", str(h5),

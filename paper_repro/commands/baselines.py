@@ -24,9 +24,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from paper_repro.feedforward import baselines as B
-    from paper_repro.experiments import plot_explorer as P
     from paper_repro import results as R
+    from paper_repro.experiments import plot_explorer as P
+    from paper_repro.feedforward import baselines as B
 
     try:
         rows = B.run(name=args.name, bits=tuple(args.bits), limit=args.limit,

@@ -93,7 +93,6 @@ MAX_BITS = 8
 # here alters fitted levels or results beyond 1e-6 relative; results computed under another
 # version are recomputed. Version 2: the exponential corr search samples (top level, base)
 # differently, all-zero and constant channels are reproduced, tables are scale-normalised.
-from paper_repro import NUMERICS_VERSION  # noqa: E402
 
 _EXPONENTIAL = ("exponential", "exponential_nozero", "pow2")
 

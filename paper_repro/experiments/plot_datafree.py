@@ -1,6 +1,6 @@
 """The data-free repairs figure: top-1 of each configuration with its interval, float marked.
 
-Takes the rows that :func:`paper_repro.feedforward.repairs.repairs_to_results` writes to
+Takes the rows that the ``datafree/*`` experiments (:mod:`paper_repro.experiments.datafree`) writes to
 ``results/datafree/<name>/table.csv`` (typed sweep rows, or the same columns read back as
 strings): ``label``, ``scheme`` (empty for the float row), ``fit``, ``granularity``,
 ``bits``, ``top1`` (%), and where present ``top1_drop_low`` / ``top1_drop_high`` (95 %

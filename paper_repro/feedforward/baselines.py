@@ -160,8 +160,8 @@ def compare(task, *, bits: Sequence[int] = (4, 8), limit: int | None = None,
     (``sum (1 - r^2)/r^2``), quantize_s. Needs qwix (raises
     :class:`BaselineUnavailableError` with the install command otherwise).
     """
-    from paper_repro.feedforward import sweep as E
     from paper_repro.core import stats
+    from paper_repro.feedforward import sweep as E
 
     _qwix()
     float_res = E.evaluate_params(task, task.params, limit=limit, progress=progress)

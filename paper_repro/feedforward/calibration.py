@@ -49,9 +49,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -724,9 +722,9 @@ def learn_rounding(graph: G.Graph, params_float, params_q, report: list[dict], i
     output's variance, after the next batch norm's scale, of nearest, starting and learned
     rounding on the synthetic set; shrinkage; seconds).
     """
-    from paper_repro.feedforward import repairs
-
     from tqdm.auto import tqdm
+
+    from paper_repro.feedforward import repairs
 
     axis_fn = (Q.default_channel_axis if channel_axis is None else channel_axis
                if callable(channel_axis) else (lambda p, x: channel_axis))

@@ -460,8 +460,8 @@ def accuracy_rows(*, smoke: bool = False, min_rows: int = 12, sweep: str | os.Pa
     ``smoke``) runs a small sweep of the digits CNN into ``results/explorer/digits_sweep/``
     (resumable). Returns ``(rows, info)``, ``info`` saying which data was used.
     """
-    from paper_repro.feedforward import sweep as E
     from paper_repro import results as R
+    from paper_repro.feedforward import sweep as E
 
     path = Path(sweep) if sweep is not None else (
         Path(os.environ.get("PAPER_REPRO_RESULTS", R.RESULTS_DIR)) / IMAGENET_SWEEP)

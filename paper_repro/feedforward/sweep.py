@@ -24,12 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from paper_repro.feedforward import imagenet
-
-from paper_repro.core import stats
-
-from paper_repro.core import storage
 from paper_repro.core import quantize as Q
+from paper_repro.core import stats, storage
+from paper_repro.feedforward import imagenet
 from paper_repro.results import ResultsTable
 
 # docs/theory.md, section 1: the papers' top-5 (%) per model and bits, exponential levels.
@@ -350,6 +347,10 @@ def run_sweep(task: Task, configs: Sequence[QuantConfig], table: ResultsTable, *
     float_cfg = QuantConfig()
     float_res = None
     todo = [c for c in configs if not table.done(key(c))]
+    if any(c.bias_correction or c.fold_bn or c.equalize for c in todo):
+        from paper_repro.feedforward import repairs
+
+        repairs.attach_task(task)  # the traced graph the repairs work on (once per task)
     if not table.done(key(float_cfg)) or todo:
         float_res = _float_result(task, table, key(float_cfg), limit=limit,
                                   per_class=per_class, progress=progress)

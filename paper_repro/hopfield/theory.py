@@ -159,8 +159,7 @@ def gaussian_r(scheme: str, bits: int, *, fit: str = "corr", top: float | None =
     """
     if scheme == FLOAT:
         return 1.0, {"levels": [], "thresholds": [], "params": {}}
-    from paper_repro.core import correlation
-    from paper_repro.core import quantize
+    from paper_repro.core import correlation, quantize
 
     if fit == "max" and top is None:
         raise ValueError("fit='max' pins the top level at max|w|: pass top= (in std units)")
