@@ -525,3 +525,16 @@ def test_anchoring_follows_known_statistics(tiny_mobilenet):
     _, _, info = C.quantize_model(m.params, paths=g.kernel_paths(), scheme="linear", bits=3,
                                   bias_correction=True, wiring=w)
     assert info["corrected_layers"] == 1
+
+
+def test_recipes_command_lists_every_recipe_and_its_switches(capsys):
+    assert cli.main(["recipes"]) == 0
+    text = capsys.readouterr().out
+    for r in C.RECIPES.values():
+        assert text.count(f"{r.name}: {r.flags()}") == 1
+    assert cli.main(["recipes", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == set(C.RECIPES)
+    assert out["datafree"]["optimizer"] is None
+    assert out["datafree-opt"]["optimizer"]["round_steps"] > 0
+    assert out["datafree"]["settings"]["bias_correction"] is True

@@ -181,3 +181,23 @@ def test_every_declared_experiment_has_smoke_and_full_configs():
         full, smoke = e.config(False), e.config(True)
         assert json.dumps(full, sort_keys=True) != json.dumps(smoke, sort_keys=True), e.name
         assert e.notebook, e.name
+
+
+def test_truncated_float_result_of_a_sweep_is_recomputed(tmp_path, capsys):
+    from paper_repro.feedforward import sweep as E
+
+    task = E.digits_task()
+    table = R.ResultsTable(tmp_path / "sweep.csv")
+    cfg = E.QuantConfig(scheme="linear", fit="corr", bits=4)
+    rows = E.run_sweep(task, [cfg], table, limit=40, progress=False, log=lambda *_: None)
+    (npz,) = tmp_path.glob("float_*.npz")
+    good = npz.read_bytes()
+    npz.write_bytes(good[: len(good) // 2])  # a run killed while writing, by another tool
+    cfg2 = E.QuantConfig(scheme="exponential", fit="corr", bits=4)
+    rows2 = E.run_sweep(task, [cfg, cfg2], table, limit=40, progress=False,
+                        log=lambda *_: None)
+    assert "unreadable" in capsys.readouterr().out
+    assert npz.read_bytes() == good  # rewritten whole, with the same float result
+    assert [r["top1"] for r in rows2 if r["label"] == "float"] == \
+        [r["top1"] for r in rows if r["label"] == "float"]
+    assert len(rows2) == 3

@@ -10,7 +10,7 @@ them with their notebooks and runtimes.
 - ``storage``                     bit-packed file sizes of a real MobileNet
 - ``explorer``, ``explorer/*``    per-layer statistics and r; does r predict accuracy; qwix
 - ``digits``, ``imagenet/*``      act 2 sweeps: the papers' recipe on the digits CNN and MobileNet
-- ``datafree/*``                  data-free repairs
+- ``datafree/*``                  data-free repairs and the named recipes (``recipes``)
 """
 
 from paper_repro.experiments.base import (  # noqa: F401

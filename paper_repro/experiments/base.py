@@ -111,7 +111,7 @@ class Outcome:
 # ------------------------------------------------------------------------------- registry
 
 _REGISTRY: dict[str, Experiment] = {}
-_MODULES = ("quantizers", "hopfield", "storage", "sweeps", "explorer", "datafree")
+_MODULES = ("quantizers", "hopfield", "storage", "sweeps", "explorer", "datafree", "recipes")
 
 
 def register(*exps: Experiment) -> None:

@@ -1328,4 +1328,7 @@ def pack_quantize(args, params, *, onnx_model=None, channel_axis: int | None = N
 
 def describe_recipes() -> str:
     """Text for ``paper-repro recipes``: each recipe, its switches and why."""
-    return "\n\n".join(f"{r.name}: {r.flags()}\n  {r.why}" for r in RECIPES.values())
+    import textwrap
+
+    return "\n\n".join(f"{r.name}: {r.flags()}\n" + textwrap.fill(
+        r.why, width=92, initial_indent="  ", subsequent_indent="  ") for r in RECIPES.values())

@@ -314,19 +314,29 @@ def _float_result(task: Task, table: ResultsTable, key: dict, *, limit, per_clas
 
     path = table.path.parent / f"float_{config_hash(key)}.npz"
     if path.exists():
-        with np.load(path) as z:
-            return imagenet.EvalResult(
-                n_images=int(z["n_images"]), n_errors=int(z["n_errors"]),
-                top1=float(z["top1"]), top5=float(z["top5"]),
-                top1_ci=tuple(z["top1_ci"].tolist()), top5_ci=tuple(z["top5_ci"].tolist()),
-                correct1=z["correct1"], correct5=z["correct5"], pred=z["pred"],
-                labels=z["labels"], indices=z["indices"])
+        try:
+            with np.load(path) as z:
+                return imagenet.EvalResult(
+                    n_images=int(z["n_images"]), n_errors=int(z["n_errors"]),
+                    top1=float(z["top1"]), top5=float(z["top5"]),
+                    top1_ci=tuple(z["top1_ci"].tolist()), top5_ci=tuple(z["top5_ci"].tolist()),
+                    correct1=z["correct1"], correct5=z["correct5"], pred=z["pred"],
+                    labels=z["labels"], indices=z["indices"])
+        except Exception as e:  # truncated or damaged (written atomically, so not by us)
+            print(f"[{task.name}] {path.name} is unreadable ({type(e).__name__}); "
+                  "evaluating the float model again")
     res = evaluate_params(task, task.params, limit=limit, per_class=per_class,
                           progress=progress)
-    np.savez(path, n_images=res.n_images, n_errors=res.n_errors, top1=res.top1, top5=res.top5,
+    import io
+
+    from paper_repro.results import write_if_changed
+
+    buf = io.BytesIO()
+    np.savez(buf, n_images=res.n_images, n_errors=res.n_errors, top1=res.top1, top5=res.top5,
              top1_ci=np.array(res.top1_ci), top5_ci=np.array(res.top5_ci),
              correct1=res.correct1, correct5=res.correct5, pred=res.pred, labels=res.labels,
              indices=res.indices)
+    write_if_changed(path, buf.getvalue())  # atomic: a temporary file, then a rename
     return res
 
 
