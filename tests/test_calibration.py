@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -206,6 +208,18 @@ def test_optimize_is_cached_and_identical(tiny, tmp_path, monkeypatch):
         ax = Q.default_channel_axis(r0["path"], w)
         want = RD.squant_codes(w, np.asarray(r0["codes"]), r0["quantizer"], out_axis=ax)
         assert np.array_equal(np.asarray(r1["codes"]), want)
+    # synthetic images that miss their targets are not trusted: the same as no learning
+    strict = dataclasses.replace(cfg, synth_tolerance=0.0)
+    qs, rss, iss = C.optimize(params, qp, report, graph=g, config=strict, cache=False,
+                              **_stats())
+    assert "statistic loss" in iss["learn_skipped"] and "layers" not in iss
+    assert "learn_skipped" in C.summary(iss)
+    q0, _, _ = C.optimize(params, qp, report, graph=g, config=C.OptConfig(learn=False),
+                          cache=False, **_stats())
+    for a, b in zip(rss, rs):
+        assert np.array_equal(np.asarray(a["codes"]), np.asarray(b["codes"]))
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for (_, x), (_, y) in
+               zip(Q.tree_paths(qs), Q.tree_paths(q0)))
 
 
 def test_config_is_checked():

@@ -66,7 +66,7 @@ from paper_repro.core import quantize as Q
 from paper_repro.feedforward import graph as G
 from paper_repro.feedforward import rounding as RD
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: learned rounding only where synthesis reproduces its targets
 BIAS_CORRECTIONS = ("analytic", "synthetic", "none")
 # rectified sigmoid of AdaRound: h(V) = clip(sigmoid(V) (ZETA - GAMMA) + GAMMA, 0, 1)
 ZETA, GAMMA = 1.1, -0.1
@@ -97,6 +97,12 @@ class OptConfig:
     :func:`paper_repro.feedforward.repairs.layer_shifts`), ``"synthetic"`` (the shift measured
     on the synthetic set) or ``"none"``.
     ``learn``: ``False`` stops after synthesis-free SQuant rounding (no images at all).
+    ``synth_tolerance``: the learned rounding is only as good as the synthetic images; it runs
+    only when they reproduce their targets, i.e. when the final statistic loss
+    (:func:`statistic_loss`: mean squared deviation in units of the target's standard
+    deviation) is at most this. Otherwise (deep networks without batch norms, whose analytic
+    moments are approximate) the SQuant start is kept with the analytic bias correction of the
+    anchored layers, as in the ``datafree`` recipe, and ``info["learn_skipped"]`` says why.
     """
 
     n_images: int = 32
@@ -117,6 +123,7 @@ class OptConfig:
     warmup: float = 0.2
     bias_correction: str = "analytic"
     learn: bool = True
+    synth_tolerance: float = 1.0
 
     def synth_key(self) -> dict:
         return {k: getattr(self, k) for k in ("n_images", "synth_steps", "synth_lr",
@@ -1020,22 +1027,30 @@ def optimize(params_float, params_q, report: list[dict], *, graph: G.Graph, in_m
         return qp, rep, {**info, "cached": True, "cache_key": key}
     info: dict[str, Any] = {"config": config.as_dict()}
     qp, rep = RD.apply_squant(params_q, report, params_float, channel_axis=channel_axis)
-    if config.learn:
+    learn = config.learn
+    if learn:
         images, sinfo = synthetic_images(graph, params_float, config=config, in_mean=in_mean,
                                          in_std=in_std, in_lo=in_lo, in_hi=in_hi,
                                          digest=digest, progress=progress, cache=cache)
         info["synthesis"] = sinfo
+        if not sinfo["loss_end"] <= config.synth_tolerance:
+            learn = False
+            info["learn_skipped"] = (
+                f"the synthetic images miss their {sinfo['targets']} targets (statistic loss "
+                f"{sinfo['loss_end']:.3g} > {config.synth_tolerance:g}): SQuant rounding and "
+                "the analytic bias correction of the anchored layers kept")
+    if learn:
         qp, rep, layers = learn_rounding(graph, params_float, qp, rep, images, config=config,
                                          channel_axis=channel_axis, in_mean=in_mean,
                                          in_std=in_std, progress=progress)
         info["layers"] = layers
     elif config.bias_correction != "none":
-        if config.bias_correction == "synthetic":
+        if config.bias_correction == "synthetic" and not config.learn:
             raise ValueError("synthetic bias correction needs the synthetic images: set "
                              "learn=True or bias_correction='analytic'")
         moments = repairs.propagate(graph, params_float, in_mean=in_mean, in_std=in_std)
         qp, _ = repairs.bias_correct(graph, params_float, qp, moments,
-                                     paths=[r["path"] for r in rep])
+                                     paths=[r["path"] for r in rep], scope="anchored")
     info["seconds"] = round(time.perf_counter() - t0, 1)
     if not cache:
         return qp, rep, {**info, "cached": False}
@@ -1123,7 +1138,7 @@ def summary(info: Mapping[str, Any]) -> dict:
     """A JSON-able summary of :func:`optimize`'s ``info``: seconds, cache, the synthesis
     objective, how many layers kept which candidate, the summed relative output error on the
     synthetic set of nearest, starting and kept rounding."""
-    out = {k: info[k] for k in ("seconds", "cached", "cache_key") if k in info}
+    out = {k: info[k] for k in ("seconds", "cached", "cache_key", "learn_skipped") if k in info}
     if "synthesis" in info:
         out["synthesis"] = dict(info["synthesis"])
     layers = info.get("layers") or []

@@ -1183,8 +1183,11 @@ RECIPES: dict[str, Recipe] = {
         "network's input size, and layer by layer a learned rounding of each kernel against "
         "the float layer's output on them (soft rounding with an annealed regularizer, then "
         "exact flips; each layer keeps the candidate with the lowest error on held-out "
-        "synthetic images), each layer's expected output shift absorbed as it goes. No real "
-        "data, no labels, no retraining; cached by configuration and model.",
+        "synthetic images), each layer's expected output shift absorbed as it goes. The "
+        "learned rounding runs only when the synthetic images reproduce their targets "
+        "(statistic loss at most 1); otherwise the SQuant codes are kept with the analytic "
+        "bias correction of 'datafree'. No real data, no labels, no retraining; cached by "
+        "configuration and model.",
         optimize={}),
 }
 
