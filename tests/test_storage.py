@@ -278,9 +278,13 @@ def small_packed(coding="fixed"):
     params = keras_tree()
     params["half"] = {"kernel": params["fc"]["kernel"].astype(np.float16),
                       "bias": np.arange(10, dtype=np.float32).astype(ml_dtypes.bfloat16)}
+    # large enough for entropy coding to pay for its model (smaller layers stay bit-packed)
+    params["wide"] = {"kernel": np.random.default_rng(6).laplace(size=(40, 30)).astype(
+        np.float32)}
     new, report = Q.quantize_tree(params, scheme="exponential", bits=4, fit="max",
                                   granularity="channel",
-                                  select=r"conv1/kernel|sep/pointwise_kernel|half/kernel")
+                                  select=r"conv1/kernel|sep/pointwise_kernel|half/kernel|"
+                                         r"wide/kernel")
     w = params["conv_dw_1"]["depthwise_kernel"]
     rng = np.random.default_rng(5)
     for path, lv in (("conv_dw_1/depthwise_kernel",  # symmetric: stored as a half
@@ -683,6 +687,28 @@ def test_entropy_coding_is_smaller_exact_and_near_the_entropy(tmp_path):
     assert ans["entropy_coded_leaves"] == 1 and ans["code_model_bytes"] == 2 * 31
     assert S.codes_nbytes(report[0]["size"], 31, codes=report[0]["codes"], coding="ans") == \
         ans["codes_bytes"]
+
+
+def test_entropy_coding_keeps_small_layers_bit_packed(tmp_path):
+    """A layer whose model would cost more than the coding saves stays bit-packed, so an
+    entropy-coded file is never larger than the bit-packed one."""
+    rng = np.random.default_rng(5)
+    params = {"small": {"kernel": rng.normal(size=(3, 3, 1, 2)).astype(np.float32)},
+              "big": {"kernel": rng.laplace(size=(3, 3, 64, 64)).astype(np.float32)}}
+    new, report = Q.quantize_tree(params, scheme="exponential", bits=4)
+    fixed = S.save_packed(tmp_path / "f.prq", params, report)
+    ans = S.save_packed(tmp_path / "a.prq", params, report, coding="ans")
+    assert ans["entropy_coded_leaves"] == 1 and ans["packed_bytes"] < fixed["packed_bytes"]
+    codings = {tuple(e["keys"]): e["codes"]["coding"]
+               for e in S.read_packed(tmp_path / "a.prq").header["leaves"]
+               if e["kind"] == "quantized"}
+    assert codings == {("small", "kernel"): "fixed", ("big", "kernel"): "ans"}
+    loaded, _ = S.load_packed(tmp_path / "a.prq")
+    assert S.trees_equal(loaded, np_tree(new))
+    assert S.packed_nbytes(params, report, coding="ans")["packed_bytes"] == ans["packed_bytes"]
+    small = next(r for r in report if r["path"] == "small/kernel")
+    assert S.codes_nbytes(small["size"], small["n_levels"], codes=small["codes"],
+                          coding="ans") == S.codes_nbytes(small["size"], small["n_levels"])
 
 
 # --- command line: damaged files -------------------------------------------------------------------

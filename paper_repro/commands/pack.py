@@ -3,7 +3,8 @@
 The file holds each quantized kernel as ``b``-bit codes plus its float32 codebook, and every
 other parameter (biases, batch norm) as stored; see :mod:`paper_repro.core.storage` for the
 format (checksummed, checked on every load). ``--entropy-coding`` stores each kernel's codes
-as an ANS stream under its own histogram instead of ``b`` bits a code. Prints the size
+as an ANS stream under its own histogram instead of ``b`` bits a code (a kernel too small for
+its histogram to pay off stays bit-packed). Prints the size
 accounting: the float32 size, the file size and their ratio (``32 / 5 = 6.4x`` at 5 bits
 before codebooks and float-kept parameters), the bits spent per quantized weight and the
 empirical entropy of the codes (what an ideal entropy coder would spend). The file is read

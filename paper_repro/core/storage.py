@@ -12,7 +12,9 @@ Bit packing (:func:`pack_codes`, :func:`unpack_codes`)
     ``k`` is bit ``k % 8`` (LSB = 0) of byte ``k // 8``; the unused high bits of the last byte
     are zero. A scheme with ``2^b - 1`` levels (a zero level) still stores ``b`` bits a code.
     With entropy coding (``coding="ans"``) a layer's codes are instead an ANS stream under a
-    stored categorical model of their histogram (:mod:`paper_repro.core.entropy`).
+    stored categorical model of their histogram (:mod:`paper_repro.core.entropy`), wherever
+    model plus stream are smaller than the bit-packed codes (small layers, whose model costs
+    more than it saves, stay bit-packed; each leaf records its coding).
 
 Container (``.prq`` files, :func:`save_packed` / :func:`load_packed`), format 3, little-endian::
 
@@ -351,7 +353,8 @@ def codes_nbytes(n: int, n_levels: int, *, codes=None, coding: str = "fixed") ->
 
     ``coding="fixed"``: ``ceil(n * ceil(log2 L) / 8)``. ``coding="ans"``: the entropy-coded
     model and stream of ``codes`` (needed; ``n`` must equal their count), computed by running
-    the encoder (:func:`paper_repro.core.entropy.coded_nbytes`); no file is written.
+    the encoder (:func:`paper_repro.core.entropy.coded_nbytes`), or the fixed size where that
+    is smaller (the packer then keeps the layer bit-packed); no file is written.
     """
     if coding == "fixed":
         return packed_size(n, code_bits(n_levels))
@@ -361,7 +364,7 @@ def codes_nbytes(n: int, n_levels: int, *, codes=None, coding: str = "fixed") ->
         raise ValueError("the entropy-coded size depends on the codes: pass codes=")
     if np.size(codes) != n:
         raise ValueError(f"{np.size(codes)} codes given for n={n}")
-    return entropy.coded_nbytes(codes, n_levels)
+    return min(entropy.coded_nbytes(codes, n_levels), packed_size(n, code_bits(n_levels)))
 
 
 def layer_nbytes(q, *, n: int | None = None, codes=None, coding: str = "fixed",
@@ -736,13 +739,17 @@ def _layout(params, report: Sequence[Mapping], *, meta, symmetric_codebook: bool
         b = code_bits(L)
         codebook = {"form": form, "shape": list(book.shape),
                     **put(book.tobytes, codebook_nbytes(q, symmetric=symmetric_codebook))}
-        if coding == "fixed":
-            code = {"bits": b, "coding": "fixed",
-                    **put(lambda c=codes, b=b: pack_codes(c, b).tobytes(),
-                          codes_nbytes(codes.size, L))}
-        else:
+        fixed_nbytes = codes_nbytes(codes.size, L)
+        w = stream = None
+        if coding == "ans":
             w = entropy.model_weights(codes, L)
             stream = entropy.encode(codes, w)
+            if w.nbytes + len(stream) >= fixed_nbytes:  # a small layer: the model costs more
+                w = stream = None
+        if stream is None:
+            code = {"bits": b, "coding": "fixed",
+                    **put(lambda c=codes, b=b: pack_codes(c, b).tobytes(), fixed_nbytes)}
+        else:
             model = put(w.tobytes(), w.nbytes)
             code = {"bits": b, "coding": "ans", "count": int(codes.size),
                     **put(stream, len(stream)), "model": model}
