@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import paper_repro
 from paper_repro.core import correlation as corr_mod
 from paper_repro.core import quantize as Q
 
@@ -146,7 +147,7 @@ def main() -> None:
     layers = [(rng.laplace(size=s) * 0.02).astype(np.float32) for s in resnet50_kernel_shapes()]
     n = sum(w.size for w in layers)
     print(f"model: {len(layers)} kernels, {n / 1e6:.1f}M weights (ResNet50 shapes, Laplace); "
-          f"numerics version {Q.NUMERICS_VERSION}")
+          f"numerics version {paper_repro.NUMERICS_VERSION}")
 
     clk = Clock()
     total = sum(float(np.abs(w).sum()) for w in layers)

@@ -31,7 +31,7 @@ linear or the log domain (``rounding=``). Results are a :class:`Quantizer` pytre
 
 Searches: a first grid, then zooming grids, over ``u = log(c / max|w|)`` and, for a free
 exponential base, the log dynamic range; the number of levels is data in the compiled search,
-so one compilation serves every bit width and both granularities (``NUMERICS_VERSION`` names
+so one compilation serves every bit width and both granularities (``paper_repro.NUMERICS_VERSION`` names
 the numerics of the fitted levels).
 
 Inputs and degenerate weights:
@@ -244,7 +244,7 @@ class Quantizer:
 
 # --- Fitting on a moments table -----------------------------------------------------------------
 
-# Search settings (changing any of them changes fitted levels: bump NUMERICS_VERSION).
+# Search settings (changing any of them changes fitted levels: bump paper_repro.NUMERICS_VERSION).
 _GRID_1D = 48  # first grid of a one-parameter search
 _ZOOM_U = 17  # points per zoom round of the top-level search (2 rounds, each 8x finer)
 _TIE = 1e-6  # r within this of the best counts as a tie (broken toward least squares)
