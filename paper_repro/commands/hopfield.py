@@ -7,7 +7,7 @@
 ``theory`` fits every scheme at 2..5 bits by correlation maximization on the Gaussian density of
 Hebbian couplings and reports r^2 and alpha_c = max load with a retrieval solution of the RS
 T = 0 equations with static noise 1/r^2 - 1 (float: 0.1379, sign: 0.1018). ``figures`` at full
-size took 12 minutes (350 CPU-s) on a loaded 2-core machine (resumable: finished (N, seed) units are kept), at
+size take about 3 minutes on 2 cores (resumable: finished (N, seed) units are kept), at
 ``--smoke`` size under a minute; results go to ``$PAPER_REPRO_RESULTS`` (default results/).
 """
 

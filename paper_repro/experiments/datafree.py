@@ -150,7 +150,7 @@ register(Experiment(
     compute=_compute(_digits_task, digits_configs),
     plots={"top1": _plot("digits CNN: data-free repairs")},
     tables={"table.csv": lambda d, c: arrays_rows(d), "table.md": _md},
-    notebook="datafree", runtime="about 2 min, 20 s smoke",
+    notebook="datafree", runtime="about 20 s full, 10 s smoke (2 cores)",
 ))
 register(Experiment(
     name="datafree/mobilenet_0.75_val1300",
@@ -162,5 +162,5 @@ register(Experiment(
     plots={"top1": _plot("MobileNet 0.75, 1300 images: data-free repairs")},
     tables={"table.csv": lambda d, c: arrays_rows(d), "table.md": _md},
     inputs=("mobilenet-0.75-keras", "imagenet-val-1300"),
-    notebook="datafree", runtime="about 15 min (2 cores); resumable",
+    notebook="datafree", runtime="about 5 min (2 cores); resumable",
 ))

@@ -122,7 +122,7 @@ register(Experiment(
             "r_per_layer.csv": lambda d, c: _rows(d)[1],
             "network_summary.csv": lambda d, c: _rows(d)[2]},
     inputs=("mobilenet-0.75-keras",), smoke_inputs=(),
-    notebook="explorer", runtime="about 6 min full (2 cores), 20 s smoke",
+    notebook="explorer", runtime="about 1.5 min full (2 cores), 20 s smoke",
 ))
 
 
@@ -219,5 +219,5 @@ register(Experiment(
                 "paper_repro.feedforward.baselines", fromlist=["x"]).markdown_table(
                     arrays_rows(d))},
     inputs=("mobilenet-0.75-keras", "imagenet-val-1300"),
-    notebook="explorer", runtime="about 8 min (2 cores)",
+    notebook="explorer", runtime="about 2.5 min (2 cores)",
 ))

@@ -657,5 +657,5 @@ for _name in NAMES:
         plots={_name.replace("/", "_"): _plot(_name)},
         tables=_TABLES.get(_name, {}),
         notebook="hopfield",
-        runtime="about 12 min for all Hopfield figures (2 cores); seconds at smoke size",
+        runtime="about 3 min for all Hopfield figures (2 cores); seconds at smoke size",
     ))

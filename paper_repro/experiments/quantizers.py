@@ -119,5 +119,5 @@ register(Experiment(
     plots={"quantizers": _plot},
     tables={"summary.csv": lambda data, config: summary_rows(data, config)},
     notebook="quantizers",
-    runtime="about 4 min full, 20 s smoke (2 cores)",
+    runtime="about 1 min full, 20 s smoke (2 cores)",
 ))

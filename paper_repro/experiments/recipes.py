@@ -187,6 +187,6 @@ register(Experiment(
     inputs=("mobilenet-0.75-keras", "shufflenet-v2-x0.5-onnx", "imagenet-val-1300"),
     smoke_inputs=(),
     notebook="datafree",
-    runtime="about 40 min from scratch (2 cores; the optimized rounding is cached), "
-            "1 min smoke",
+    runtime="about 7 min with the synthetic images cached, 2 min once the "
+            "optimized rounding is cached (2 cores); 1 min smoke",
 ))

@@ -190,5 +190,5 @@ register(Experiment(
             "ratios.csv": lambda d, c: ratio_table(columns_to_rows(d))},
     inputs=("mobilenet-0.75-keras",),
     smoke_inputs=(),
-    notebook="storage", runtime="about 9 min full (2 cores), 30 s smoke",
+    notebook="storage", runtime="about 1.5 min full (2 cores), 30 s smoke",
 ))

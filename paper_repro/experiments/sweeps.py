@@ -127,7 +127,7 @@ register(Experiment(
     plots={"accuracy_vs_bits": _plot("digits CNN (sklearn digits, 449 held-out images)")},
     tables={"table.csv": lambda d, c: arrays_rows(d), "table.md": _table_md("digits_cnn"),
             "bits_needed.csv": _bits_needed},
-    notebook="imagenet", runtime="about 3 min full, 20 s smoke",
+    notebook="imagenet", runtime="about 1 min full, 20 s smoke",
 ))
 register(Experiment(
     name="imagenet/mobilenet_0.75_val1300",
@@ -139,5 +139,5 @@ register(Experiment(
     tables={"table.csv": lambda d, c: arrays_rows(d), "table.md": _table_md("mobilenet"),
             "bits_needed.csv": _bits_needed},
     inputs=("mobilenet-0.75-keras", "imagenet-val-1300"),
-    notebook="imagenet", runtime="about 50 min for 70 configurations (2 cores); resumable",
+    notebook="imagenet", runtime="about 11 min for 70 configurations (2 cores); resumable",
 ))
