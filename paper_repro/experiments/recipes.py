@@ -7,7 +7,12 @@ Keras ``.h5``; ShuffleNetV2 x0.5 from its ONNX file, batch norm folded) and each
 - ``datafree``: correlation-fitted exponential levels per output channel, per-layer widths
   for the budget, mean-preserving codes, analytic bias correction on the traced graph;
 - ``datafree-opt``: the same levels and widths, the rounding optimized on synthetic images
-  (:mod:`paper_repro.feedforward.calibration`).
+  (:mod:`paper_repro.feedforward.calibration`);
+
+and both again with linear levels in place of exponential ones (everything else equal), to
+see which family wins once the rounding is optimized. Each row also carries the predicted
+output noise ``sum over layers (1 - r^2) / r^2`` and the mean ``r``, to check whether
+correlation still ranks the drops after the repairs.
 
 Per row: top-1 / top-5, the drop against float on the same images with its 95 % paired
 bootstrap interval and McNemar's p, and the size of the packed file the configuration gives
@@ -32,9 +37,12 @@ MODELS = ("digits_cnn", "mobilenet_0.75", "shufflenet_v2_x0.5")
 
 def _config(smoke: bool) -> dict:
     if smoke:
-        return {"models": ["digits_cnn"], "recipes": list(RECIPE_NAMES), "avg_bits": [3.0]}
+        return {"models": ["digits_cnn"], "recipes": list(RECIPE_NAMES), "avg_bits": [3.0],
+                "schemes": ["exponential"]}
+    # "linear": the same recipes with linear levels, to see which levels win once the
+    # rounding is optimized (the named recipes use exponential levels)
     return {"models": list(MODELS), "recipes": list(RECIPE_NAMES), "avg_bits": [5.0, 4.0, 3.0],
-            "policy": "crop"}
+            "policy": "crop", "schemes": ["exponential", "linear"]}
 
 
 def _task(model: str, ctx: Context):
@@ -74,9 +82,10 @@ def _scores(res) -> dict:
 
 
 def recipe_row(task, recipe_name: str, avg_bits: float, float_res, *, progress: bool,
-               model: str | None = None) -> dict:
-    """Quantize ``task``'s network with a named recipe at ``avg_bits``, evaluate it against
-    ``float_res`` and size its packed files (fixed-width and ANS-coded codes)."""
+               model: str | None = None, scheme: str | None = None) -> dict:
+    """Quantize ``task``'s network with a named recipe at ``avg_bits`` (``scheme``: another
+    level family than the recipe's), evaluate it against ``float_res`` and size its packed
+    files (fixed-width and ANS-coded codes)."""
     from paper_repro.core import entropy, stats, storage
     from paper_repro.feedforward import repairs
     from paper_repro.feedforward import sweep as E
@@ -84,10 +93,13 @@ def recipe_row(task, recipe_name: str, avg_bits: float, float_res, *, progress: 
     recipe = repairs.RECIPES[recipe_name]
     t = _recipe_task(task, recipe, progress=progress)
     cfg = recipe.config(avg_bits=avg_bits)
+    if scheme is not None:
+        cfg = dataclasses.replace(cfg, scheme=scheme)
     qparams, report = E.quantize_params(t.params, cfg, channel_axis=t.channel_axis)
     res = E.evaluate_params(t, qparams, progress=False)
     row = {"model": model or task.info.get("model", task.name), "recipe": recipe_name,
-           "avg_bits": float(avg_bits), "switches": recipe.flags(), **_scores(res)}
+           "avg_bits": float(avg_bits), "scheme": cfg.scheme, "switches": recipe.flags(),
+           **_scores(res)}
     for metric in ("top1", "top5"):
         pc = stats.paired_comparison(float_res, res, metric=metric, n_resamples=2000)
         row[f"{metric}_drop"] = round(100 * pc.drop, 4)
@@ -97,7 +109,7 @@ def recipe_row(task, recipe_name: str, avg_bits: float, float_res, *, progress: 
     n_q = sum(r["size"] for r in report)
     row["code_entropy_bits"] = sum(r["size"] * entropy.entropy_bits(r["codes"], r["n_levels"])
                                    for r in report) / n_q
-    row["r_mean"] = sum(r["r"] * r["size"] for r in report) / n_q
+    row.update({k: E.correlation_summary(report)[k] for k in ("r_mean", "noise_sum")})
     for coding in ("fixed", "ans"):
         sizes = storage.packed_nbytes(qparams, report, coding=coding)
         row[f"{coding}_bytes"] = int(sizes["packed_bytes"])
@@ -116,32 +128,37 @@ def _compute(config: dict, ctx: Context) -> dict:
         float_res = E.evaluate_params(task, task.params, progress=ctx.progress)
         rows.append({"model": model, "recipe": "float",
                      "avg_bits": 32.0, **_scores(float_res)})
-        for recipe in config["recipes"]:
-            for b in config["avg_bits"]:
-                rows.append(recipe_row(task, recipe, b, float_res, progress=ctx.progress,
-                                       model=model))
+        for scheme in config.get("schemes", ["exponential"]):
+            for recipe in config["recipes"]:
+                for b in config["avg_bits"]:
+                    rows.append(recipe_row(task, recipe, b, float_res, progress=ctx.progress,
+                                           model=model, scheme=scheme))
     return rows_arrays(rows)
 
 
 def markdown_table(rows: list[dict]) -> str:
     """One line per network, recipe and average width."""
-    out = ["| network | recipe | avg bits | top-1 | drop [95% CI] | McNemar p | "
-           "file ratio, fixed / ANS | ANS bits per weight (entropy) |", "|" + "---|" * 8]
+    out = ["| network | recipe | levels | avg bits | top-1 | drop [95% CI] | McNemar p | "
+           "file ratio, fixed / ANS | ANS bits per weight (entropy) | predicted noise |",
+           "|" + "---|" * 10]
     for r in rows:
         if r["recipe"] == "float":
-            out.append(f"| {r['model']} | float | 32 | {r['top1']:.2f} | | | 1 | |")
+            out.append(f"| {r['model']} | float | | 32 | {r['top1']:.2f} | | | 1 | | |")
             continue
         out.append(
-            f"| {r['model']} | {r['recipe']} | {r['avg_bits']:g} | {r['top1']:.2f} | "
+            f"| {r['model']} | {r['recipe']} | {r.get('scheme', 'exponential')} | "
+            f"{r['avg_bits']:g} | {r['top1']:.2f} | "
             f"{r['top1_drop']:+.2f} [{r['top1_drop_low']:+.2f}, {r['top1_drop_high']:+.2f}] | "
             f"{r['top1_mcnemar_p']:.2g} | {r['fixed_ratio']:.2f}x / {r['ans_ratio']:.2f}x | "
-            f"{r['ans_code_bits_per_weight']:.2f} ({r['code_entropy_bits']:.2f}) |")
+            f"{r['ans_code_bits_per_weight']:.2f} ({r['code_entropy_bits']:.2f}) | "
+            f"{r['noise_sum']:.3g} |")
     return "\n".join(out) + "\n"
 
 
 def plot_recipes(rows: list[dict]):
     """Top-1 drop against the real file's compression ratio, one panel per network: filled
-    markers fixed-width codes, hollow markers the same models ANS-coded; labels avg bits."""
+    markers fixed-width codes, hollow markers the same models ANS-coded; labels avg bits. The
+    named recipes only (exponential levels); the linear variants are in the table."""
     import matplotlib.pyplot as plt
 
 
@@ -149,7 +166,8 @@ def plot_recipes(rows: list[dict]):
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
     colors = {"datafree": "C0", "datafree-opt": "C3"}
     for ax, model in zip(axes[0], models, strict=True):
-        q = [r for r in rows if r["model"] == model and r["recipe"] != "float"]
+        q = [r for r in rows if r["model"] == model and r["recipe"] != "float"
+             and r.get("scheme", "exponential") == "exponential"]
         for name in RECIPE_NAMES:
             rr = sorted((r for r in q if r["recipe"] == name), key=lambda r: r["avg_bits"])
             if not rr:
