@@ -46,3 +46,21 @@ def test_docs_do_not_point_outside_the_repository():
               *sorted((ROOT / "benchmarks").glob("*.py")), ROOT / "Makefile"]:
         text = p.read_text()
         assert "SCIENCE.md" not in text and "../shared" not in text, p
+
+
+def test_every_test_the_docs_name_exists():
+    """``tests/test_x.py::name`` (and ``::other`` after it) in the docs names a real test."""
+    missing, seen = [], 0
+    for doc in DOCS:
+        text = doc.read_text()
+        for m in re.finditer(r"tests/(test_\w+)\.py((?:::\w+)?(?:`, `::\w+)*)", text):
+            path = ROOT / "tests" / f"{m.group(1)}.py"
+            names = re.findall(r"::(\w+)", m.group(2))
+            seen += 1
+            if not path.exists():
+                missing.append(f"{doc.name}: {path.name}")
+                continue
+            src = path.read_text()
+            missing += [f"{doc.name}: {path.name}::{n}" for n in names
+                        if not re.search(rf"^def {n}\b", src, re.M)]
+    assert seen > 20 and not missing, missing
