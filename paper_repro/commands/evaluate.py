@@ -173,14 +173,9 @@ def check_args(args) -> None:
 
 def _add_drop(row: dict, float_res, res) -> None:
     """Paired drop vs float on the same images (bootstrap interval, McNemar p) into ``row``."""
-    from paper_repro.core import stats
+    from paper_repro.feedforward import sweep
 
-    for metric in ("top1", "top5"):
-        pc = stats.paired_comparison(float_res, res, metric=metric, n_resamples=2000)
-        row[f"{metric}_drop"] = round(100 * pc.drop, 4)
-        row[f"{metric}_drop_low"] = round(100 * pc.drop_low, 4)
-        row[f"{metric}_drop_high"] = round(100 * pc.drop_high, 4)
-        row[f"{metric}_mcnemar_p"] = pc.p_value
+    row.update(sweep.paired_drops(float_res, res))
     row["float_top1"] = round(100 * float_res.top1, 4)
     row["float_top5"] = round(100 * float_res.top5, 4)
 

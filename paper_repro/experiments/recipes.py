@@ -86,7 +86,7 @@ def recipe_row(task, recipe_name: str, avg_bits: float, float_res, *, progress: 
     """Quantize ``task``'s network with a named recipe at ``avg_bits`` (``scheme``: another
     level family than the recipe's), evaluate it against ``float_res`` and size its packed
     files (fixed-width and ANS-coded codes)."""
-    from paper_repro.core import entropy, stats, storage
+    from paper_repro.core import entropy, storage
     from paper_repro.feedforward import repairs
     from paper_repro.feedforward import sweep as E
 
@@ -100,12 +100,7 @@ def recipe_row(task, recipe_name: str, avg_bits: float, float_res, *, progress: 
     row = {"model": model or task.info.get("model", task.name), "recipe": recipe_name,
            "avg_bits": float(avg_bits), "scheme": cfg.scheme, "switches": recipe.flags(),
            **_scores(res)}
-    for metric in ("top1", "top5"):
-        pc = stats.paired_comparison(float_res, res, metric=metric, n_resamples=2000)
-        row[f"{metric}_drop"] = round(100 * pc.drop, 4)
-        row[f"{metric}_drop_low"] = round(100 * pc.drop_low, 4)
-        row[f"{metric}_drop_high"] = round(100 * pc.drop_high, 4)
-        row[f"{metric}_mcnemar_p"] = pc.p_value
+    row.update(E.paired_drops(float_res, res))
     n_q = sum(r["size"] for r in report)
     row["code_entropy_bits"] = sum(r["size"] * entropy.entropy_bits(r["codes"], r["n_levels"])
                                    for r in report) / n_q

@@ -297,14 +297,23 @@ def evaluate_config(task: Task, cfg: QuantConfig, *, float_result=None, limit=No
                {"compression_ratio": 1.0, "float_bytes": 4 * sum(
                    int(np.size(x)) for _, x in Q.tree_paths(task.params))})
     if float_result is not None and report:
-        for metric in ("top1", "top5"):
-            pc = stats.paired_comparison(float_result, res, metric=metric, n_resamples=2000)
-            row[f"{metric}_drop"] = round(100 * pc.drop, 4)
-            row[f"{metric}_drop_low"] = round(100 * pc.drop_low, 4)
-            row[f"{metric}_drop_high"] = round(100 * pc.drop_high, 4)
-            row[f"{metric}_mcnemar_p"] = pc.p_value
+        row.update(paired_drops(float_result, res))
     row["quantize_s"] = round(t_q, 3)
     return row, res
+
+
+def paired_drops(float_result, res) -> dict:
+    """Top-1 / top-5 drop of ``res`` against ``float_result`` on the same images, in points:
+    ``<metric>_drop``, its 95 % paired-bootstrap interval (``_low``, ``_high``) and McNemar's
+    ``_mcnemar_p``."""
+    out = {}
+    for metric in ("top1", "top5"):
+        pc = stats.paired_comparison(float_result, res, metric=metric, n_resamples=2000)
+        out[f"{metric}_drop"] = round(100 * pc.drop, 4)
+        out[f"{metric}_drop_low"] = round(100 * pc.drop_low, 4)
+        out[f"{metric}_drop_high"] = round(100 * pc.drop_high, 4)
+        out[f"{metric}_mcnemar_p"] = pc.p_value
+    return out
 
 
 def _float_result(task: Task, table: ResultsTable, key: dict, *, limit, per_class, progress):
