@@ -147,6 +147,42 @@ def test_correlation_vs_accuracy_recovers_a_logistic_law():
         X.correlation_vs_accuracy(_fake_rows()[:3])
 
 
+def test_recipes_are_checked_against_the_law_out_of_sample():
+    """Recipe rows become points of their own group, the law is fitted without them, and each
+    gets the drop the law predicts from its noise (residual = measured - predicted)."""
+    table = [{"model": "m", "recipe": "float", "top1_drop": None, "noise_sum": None},
+             {"model": "other", "recipe": "datafree", "scheme": "linear", "avg_bits": 4.0,
+              "top1_drop": 1.0, "noise_sum": 0.1, "r_mean": 0.9},
+             *({"model": "m", "recipe": rec, "scheme": "exponential", "avg_bits": b,
+                "top1": 70.0, "top1_drop": drop, "noise_sum": ns, "r_mean": 0.99}
+               for rec, b, drop, ns in (("datafree", 5.0, 0.1, 0.05), ("datafree", 4.0, 2.0, 0.2),
+                                        ("datafree-opt", 4.0, 1.0, 0.3)))]
+    extra = X.recipe_points(table, model="m")
+    assert [(r["group"], r["bits"]) for r in extra] == [("datafree", 5.0), ("datafree", 4.0),
+                                                         ("datafree-opt", 4.0)]
+    fake = _fake_rows()
+    fitted, checked = X.split_points(X.accuracy_points(fake) + extra)
+    assert len(fitted) == len(fake) and checked == extra
+    fit = X.correlation_vs_accuracy(fitted)
+    out = X.predicted_drops(fit, checked)
+    lg = fit["logistic"]["params"]
+    for r, e in zip(out, extra, strict=True):
+        want = X.logistic(np.log10(e["noise_sum"]), **lg)
+        assert r["predicted_drop"] == pytest.approx(want)
+        assert r["residual"] == pytest.approx(e["top1_drop"] - want)
+    # the fake law (midpoint at log10 N = 0.3) predicts a few points at N = 0.05..0.3
+    assert all(r["residual"] < 0 for r in out)
+    summ = X.predicted_summary(out)
+    assert summ["n"] == 3 and summ["spearman_rho"] == pytest.approx(0.5)
+    assert summ["max_abs_residual"] == pytest.approx(max(abs(r["residual"]) for r in out))
+    from paper_repro.experiments import plot_explorer as P
+
+    fig = P.plot_correlation_vs_accuracy(fitted, fit, extra=checked)
+    pts = _points(fig.axes[0])
+    assert {(float(np.log10(e["noise_sum"])), e["top1_drop"]) for e in extra} <= pts
+    assert any(h.get_label().startswith("recipe datafree-opt") for h in fig.axes[0].get_lines())
+
+
 def test_sweep_rows_filters_float_and_repaired(tmp_path):
     from paper_repro.results import ResultsTable
 

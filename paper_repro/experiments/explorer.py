@@ -3,7 +3,9 @@
 - ``explorer``: per-layer statistics of MobileNet 0.75's kernels and r for every scheme,
   fit, granularity and width, with two single-layer views (docs/theory.md, sections 2, 5).
 - ``explorer/correlation_vs_accuracy``: network summaries of the per-layer r against the
-  measured top-1 drop of every configuration of the MobileNet sweep (a committed result).
+  measured top-1 drop of every configuration of the MobileNet sweep (a committed result),
+  the law fitted on them, and the data-free recipes of ``datafree/recipes`` (mixed widths,
+  re-rounded or optimized codes, corrected biases) checked against that law out of sample.
 - ``explorer/baselines``: the qwix library's per-channel integers beside ours.
 
 Full size needs the real MobileNet 0.75 weights (and images for the baselines); the smoke run
@@ -21,6 +23,7 @@ from paper_repro.experiments.base import Context, Experiment, register
 from paper_repro.experiments.sweeps import arrays_rows, rows_arrays
 
 SWEEP = "imagenet/mobilenet_0.75_val1300"
+RECIPES = "datafree/recipes"
 
 
 def config(smoke: bool) -> dict:
@@ -133,7 +136,10 @@ def cva_config(smoke: bool) -> dict:
     if smoke:
         return {"source": "digits-smoke", "bits": [2, 3, 4]}
     p = R.results_root() / SWEEP / "data.npz"
-    return {"source": SWEEP, "rows_sha256": R.file_sha256(p) if p.exists() else None}
+    q = R.results_root() / RECIPES / "data.npz"
+    return {"source": SWEEP, "rows_sha256": R.file_sha256(p) if p.exists() else None,
+            "recipes": RECIPES, "recipe_model": "mobilenet_0.75",
+            "recipes_sha256": R.file_sha256(q) if q.exists() else None}
 
 
 def cva_compute(cfg: dict, ctx: Context) -> dict[str, np.ndarray]:
@@ -147,6 +153,12 @@ def cva_compute(cfg: dict, ctx: Context) -> dict[str, np.ndarray]:
                                     f"`paper-repro figures {SWEEP}` first")
         keep = {r["label"] for r in X.sweep_rows_from(arrays_rows(data))}
         rows = [r for r in arrays_rows(data) if r.get("label") in keep]
+        # the data-free recipes (mixed widths, repaired or optimized rounding): not fitted,
+        # checked against the law fitted on the plain sweep
+        recipes = R.load_npz(R.results_root() / cfg["recipes"] / "data.npz")
+        extra = X.recipe_points(arrays_rows(recipes), model=cfg["recipe_model"]) \
+            if recipes is not None else []
+        return rows_arrays(X.accuracy_points(rows) + extra)
     else:
         configs = E.sweep_configs(bits=cfg["bits"], schemes=("linear", "exponential"),
                                   fits=("corr",), granularities=("tensor",), lloyd_max=False)
@@ -160,17 +172,25 @@ def _cva_plot(d, c):
     from paper_repro.experiments import plot_explorer as P
     from paper_repro.feedforward import explorer as X
 
-    rows = arrays_rows(d)
+    rows, extra = X.split_points(arrays_rows(d))
     what = "MobileNet 0.75, 1300 images" if c["source"] == SWEEP else "digits CNN (smoke)"
     return P.plot_correlation_vs_accuracy(
-        rows, X.correlation_vs_accuracy(rows),
+        rows, X.correlation_vs_accuracy(rows), extra=extra,
         title=f"{what}: does correlation predict accuracy? ({len(rows)} configurations)")
 
 
 def _cva_quality(d, c):
     from paper_repro.feedforward import explorer as X
 
-    return X.fit_summary_rows(X.correlation_vs_accuracy(arrays_rows(d)))
+    return X.fit_summary_rows(X.correlation_vs_accuracy(X.split_points(arrays_rows(d))[0]))
+
+
+def _cva_recipes(d, c):
+    """The recipes' measured drops beside the drops the sweep's law predicts."""
+    from paper_repro.feedforward import explorer as X
+
+    rows, extra = X.split_points(arrays_rows(d))
+    return X.predicted_drops(X.correlation_vs_accuracy(rows), extra)
 
 
 register(Experiment(
@@ -178,7 +198,8 @@ register(Experiment(
     title="does the network summary of per-layer r predict the top-1 drop?",
     config=cva_config, compute=cva_compute,
     plots={"correlation_vs_accuracy": _cva_plot},
-    tables={"points.csv": lambda d, c: arrays_rows(d), "fit_quality.csv": _cva_quality},
+    tables={"points.csv": lambda d, c: arrays_rows(d), "fit_quality.csv": _cva_quality,
+            "recipes_vs_prediction.csv": _cva_recipes},
     notebook="explorer", runtime="seconds (reads the MobileNet sweep)",
 ))
 

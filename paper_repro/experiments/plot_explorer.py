@@ -256,10 +256,16 @@ def plot_tensor_vs_channel(r_rows: list[dict], stats_rows: list[dict], *, bits: 
     return fig
 
 
-def plot_correlation_vs_accuracy(rows: list[dict], fit: dict, *, title: str = "") -> plt.Figure:
+RECIPE_MARKERS = {"datafree": "*", "datafree-opt": "D"}
+
+
+def plot_correlation_vs_accuracy(rows: list[dict], fit: dict, *, title: str = "",
+                                 extra: Sequence[dict] = ()) -> plt.Figure:
     """Measured top-1 drop vs the network's predicted noise ``sum (1 - r^2)/r^2`` (log) with
     the logistic and isotonic fits, and vs the size-weighted mean r; quality in the legend.
-    Points: colour = scheme (shade = bits), fill = fit, marker = granularity."""
+    Points: colour = scheme (shade = bits), fill = fit, marker = granularity. ``extra``:
+    points the fits did not see (:func:`paper_repro.feedforward.explorer.recipe_points`),
+    drawn large and black-edged, a marker per recipe, labelled with their average width."""
     from sklearn.isotonic import IsotonicRegression
 
     from paper_repro.feedforward.explorer import logistic
@@ -290,6 +296,17 @@ def plot_correlation_vs_accuracy(rows: list[dict], fit: dict, *, title: str = ""
     p = fit["predictors"]["noise_sum"]
     ax.plot([], [], " ", label=f"Spearman rho = {p['spearman_rho']:.3f} "
                                f"(p = {p['spearman_p']:.1e}), n = {fit['n']}")
+    for group in dict.fromkeys(r["group"] for r in extra):
+        rs = [r for r in extra if r["group"] == group]
+        for r in rs:
+            xr = np.log10(max(float(r["noise_sum"]), 1e-12))
+            ax.plot(xr, r["top1_drop"], ls="none", marker=RECIPE_MARKERS.get(group, "X"),
+                    ms=11 if group == "datafree" else 8, mec="k", mew=1.0,
+                    color=S.scheme_color(r["scheme"]), zorder=5)
+            ax.annotate(f"{float(r['bits']):g}", (xr, r["top1_drop"]), fontsize=6,
+                        xytext=(5, -9), textcoords="offset points", zorder=6)
+        ax.plot([], [], ls="none", marker=RECIPE_MARKERS.get(group, "X"), ms=8, mec="k",
+                color="0.8", label=f"recipe {group} (not fitted; label: average bits)")
     schemes = list(dict.fromkeys(r["scheme"] for r in rows))
     S.legend_for_styles(ax, schemes=schemes, fits=list(dict.fromkeys(r["fit"] for r in rows)),
                         granularities=[g for g in S.GRANULARITY_MARKERS

@@ -572,6 +572,65 @@ def accuracy_points(rows: list[dict]) -> list[dict]:
     return [{k: r.get(k) for k in POINT_COLUMNS} for r in rows]
 
 
+def recipe_points(rows: Sequence[dict], *, model: str) -> list[dict]:
+    """The quantized rows of one network in a ``datafree/recipes`` table as points of the
+    correlation-vs-accuracy figure: :data:`POINT_COLUMNS` plus ``group`` (the recipe) and
+    ``avg_bits`` (``bits`` is the average width; ``r_min`` is not recorded there)."""
+    out = []
+    for r in rows:
+        if r.get("model") != model or r.get("recipe") in (None, "float") or \
+                r.get("top1_drop") is None or r.get("noise_sum") is None:
+            continue
+        out.append({"label": f"{r['recipe']} {r['scheme']} avg {float(r['avg_bits']):g} bits",
+                    "group": r["recipe"], "scheme": r["scheme"], "fit": "corr",
+                    "granularity": "channel", "bits": float(r["avg_bits"]),
+                    "avg_bits": float(r["avg_bits"]), "top1": r.get("top1"),
+                    "top1_drop": float(r["top1_drop"]), "r_mean": r.get("r_mean"),
+                    "r_min": None, "noise_sum": float(r["noise_sum"])})
+    return out
+
+
+def split_points(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """``(sweep points, recipe points)``: the points the relation is fitted on (no ``group``)
+    and the ones it is checked against (:func:`recipe_points`)."""
+    fitted = [r for r in rows if not r.get("group")]
+    return fitted, [r for r in rows if r.get("group")]
+
+
+def predicted_drops(fit: dict, rows: Sequence[dict]) -> list[dict]:
+    """Out-of-sample check of a :func:`correlation_vs_accuracy` fit on other configurations
+    (e.g. the data-free recipes, which the fit never saw): per row the measured drop, the
+    drop the logistic law predicts from ``noise_sum`` and the residual (measured minus
+    predicted), in points. Rows without a finite ``noise_sum`` are skipped."""
+    lg = fit["logistic"]
+    out = []
+    for r in rows:
+        ns = r.get("noise_sum")
+        if ns is None or not np.isfinite(float(ns)):
+            continue
+        x = float(np.log10(max(float(ns), 1e-12)))
+        pred = float(logistic(x, **lg["params"])) if lg["params"] else float("nan")
+        out.append({"label": r["label"], "group": r.get("group", ""), "scheme": r.get("scheme"),
+                    "bits": r.get("bits"), "noise_sum": float(ns),
+                    "top1_drop": float(r["top1_drop"]), "predicted_drop": pred,
+                    "residual": float(r["top1_drop"]) - pred})
+    return out
+
+
+def predicted_summary(checked: Sequence[dict]) -> dict:
+    """Spearman rho of noise and measured drop over ``checked`` rows
+    (:func:`predicted_drops`) and the mean / largest absolute residual (points)."""
+    from scipy import stats
+
+    if len(checked) < 3:
+        return {"n": len(checked)}
+    x = [r["noise_sum"] for r in checked]
+    y = [r["top1_drop"] for r in checked]
+    res = np.array([r["residual"] for r in checked])
+    return {"n": len(checked), "spearman_rho": float(stats.spearmanr(x, y)[0]),
+            "mean_residual": float(res.mean()), "max_abs_residual": float(np.abs(res).max())}
+
+
 def baseline_rows(name: str = "explorer/baselines") -> list[dict]:
     """Rows of ``results/<name>/table.csv`` written by :func:`paper_repro.feedforward.baselines.run`
     (``[]`` when it has not been run here)."""
