@@ -274,6 +274,141 @@ def test_preprocess_and_onnx_out_need_an_onnx_model(tmp_path, capsys):
     assert not (tmp_path / "d.onnx").exists()
 
 
+# ------------------------------------------------- shapes of common CNN exports, with recipes
+# Three small graphs in the forms exporters write: MobileNetV3 (HardSwish, squeeze-excite with
+# HardSigmoid and a tensor-by-tensor Mul, residual Add), EfficientNet (SiLU as Sigmoid and
+# Mul, squeeze-excite through ReduceMean, a MatMul classifier whose bias is a separate Add of a
+# constant) and ResNet (batch norms kept as BatchNormalization nodes, MaxPool, the
+# Shape/Gather/Concat/Reshape flatten). Channels are 32 wide so that per-channel codebooks
+# leave room for codes at 6 bits average.
+
+
+def _finish_pattern(nodes, inits, n_classes, name):
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, S, S])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n_classes])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+def _wr(rng, *s, scale=0.3):
+    return (rng.standard_normal(s) * scale).astype(np.float32)
+
+def se_hardswish(seed=0, n_classes=10):
+    """MobileNetV3-like: HardSwish stem, depthwise, squeeze-excite (GAP, 1x1, Relu, 1x1,
+    HardSigmoid, Mul), 1x1 projection with a residual Add, GAP, Flatten, Gemm."""
+    rng = np.random.default_rng(seed)
+    i = {"w0": _wr(rng, 32, 3, 3, 3), "b0": _wr(rng, 32, scale=0.1), "w1": _wr(rng, 32, 1, 3, 3),
+         "b1": _wr(rng, 32, scale=0.1), "ws1": _wr(rng, 8, 32, 1, 1), "bs1": _wr(rng, 8, scale=0.1),
+         "ws2": _wr(rng, 32, 8, 1, 1), "bs2": _wr(rng, 32, scale=0.1), "w2": _wr(rng, 32, 32, 1, 1),
+         "b2": _wr(rng, 32, scale=0.1), "wf": _wr(rng, n_classes, 32, scale=0.3),
+         "bf": _wr(rng, n_classes, scale=0.1)}
+    n = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+         helper.make_node("HardSwish", ["c0"], ["h0"]),
+         helper.make_node("Conv", ["h0", "w1", "b1"], ["c1"], kernel_shape=[3, 3], group=32, pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("GlobalAveragePool", ["r1"], ["p1"]),
+         helper.make_node("Conv", ["p1", "ws1", "bs1"], ["s1"], kernel_shape=[1, 1]),
+         helper.make_node("Relu", ["s1"], ["s2"]),
+         helper.make_node("Conv", ["s2", "ws2", "bs2"], ["s3"], kernel_shape=[1, 1]),
+         helper.make_node("HardSigmoid", ["s3"], ["s4"], alpha=1 / 6, beta=0.5),
+         helper.make_node("Mul", ["r1", "s4"], ["e1"]),
+         helper.make_node("Conv", ["e1", "w2", "b2"], ["c2"], kernel_shape=[1, 1]),
+         helper.make_node("Add", ["c2", "h0"], ["a2"]),
+         helper.make_node("GlobalAveragePool", ["a2"], ["g"]),
+         helper.make_node("Flatten", ["g"], ["f"], axis=1),
+         helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1)]
+    return _finish_pattern(n, i, n_classes, "se_hardswish")
+
+def silu_reducemean(seed=0, n_classes=10):
+    """EfficientNet-like: SiLU (Sigmoid, Mul), squeeze-excite through ReduceMean (keepdims)
+    and Sigmoid, MatMul + Add classifier."""
+    rng = np.random.default_rng(seed)
+    i = {"w0": _wr(rng, 32, 3, 3, 3), "b0": _wr(rng, 32, scale=0.1), "w1": _wr(rng, 32, 1, 3, 3),
+         "b1": _wr(rng, 32, scale=0.1), "ws1": _wr(rng, 8, 32, 1, 1), "bs1": _wr(rng, 8, scale=0.1),
+         "ws2": _wr(rng, 32, 8, 1, 1), "bs2": _wr(rng, 32, scale=0.1), "w2": _wr(rng, 48, 32, 1, 1),
+         "b2": _wr(rng, 48, scale=0.1), "wf": _wr(rng, 48, n_classes, scale=0.3),
+         "bf": _wr(rng, n_classes, scale=0.1)}
+    n = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+         helper.make_node("Sigmoid", ["c0"], ["g0"]), helper.make_node("Mul", ["c0", "g0"], ["h0"]),
+         helper.make_node("Conv", ["h0", "w1", "b1"], ["c1"], kernel_shape=[3, 3], group=32, pads=[1, 1, 1, 1]),
+         helper.make_node("Sigmoid", ["c1"], ["g1"]), helper.make_node("Mul", ["c1", "g1"], ["h1"]),
+         helper.make_node("ReduceMean", ["h1"], ["p1"], axes=[2, 3], keepdims=1),
+         helper.make_node("Conv", ["p1", "ws1", "bs1"], ["s1"], kernel_shape=[1, 1]),
+         helper.make_node("Sigmoid", ["s1"], ["t1"]), helper.make_node("Mul", ["s1", "t1"], ["s2"]),
+         helper.make_node("Conv", ["s2", "ws2", "bs2"], ["s3"], kernel_shape=[1, 1]),
+         helper.make_node("Sigmoid", ["s3"], ["s4"]),
+         helper.make_node("Mul", ["h1", "s4"], ["e1"]),
+         helper.make_node("Conv", ["e1", "w2", "b2"], ["c2"], kernel_shape=[1, 1]),
+         helper.make_node("ReduceMean", ["c2"], ["g"], axes=[2, 3], keepdims=0),
+         helper.make_node("MatMul", ["g", "wf"], ["m"]),
+         helper.make_node("Add", ["m", "bf"], ["y"])]
+    return _finish_pattern(n, i, n_classes, "silu_reducemean")
+
+def resnet_bn(seed=0, n_classes=10):
+    """ResNet-like export that keeps its batch norms: Conv (no bias), BatchNormalization,
+    Relu, MaxPool, a basic block with a residual Add, GAP, then the classic
+    Shape/Gather/Unsqueeze/Concat/Reshape flatten, Gemm."""
+    rng = np.random.default_rng(seed)
+    def bn(c, tag):
+        return {f"{tag}_s": (1 + 0.2 * rng.standard_normal(c)).astype(np.float32),
+                f"{tag}_b": (0.1 * rng.standard_normal(c)).astype(np.float32),
+                f"{tag}_m": (0.2 * rng.standard_normal(c)).astype(np.float32),
+                f"{tag}_v": rng.uniform(0.5, 2.0, c).astype(np.float32)}
+    i = {"w0": _wr(rng, 32, 3, 3, 3), **bn(32, "bn0"), "w1": _wr(rng, 32, 32, 3, 3, scale=0.1), **bn(32, "bn1"),
+         "w2": _wr(rng, 32, 32, 3, 3, scale=0.1), **bn(32, "bn2"), "wf": _wr(rng, n_classes, 32, scale=0.3),
+         "bf": _wr(rng, n_classes, scale=0.1), "zero": np.array([0], np.int64), "minus1": np.array([-1], np.int64)}
+    def bnn(x, y, tag):
+        return helper.make_node("BatchNormalization", [x, f"{tag}_s", f"{tag}_b", f"{tag}_m", f"{tag}_v"], [y], epsilon=1e-5)
+    n = [helper.make_node("Conv", ["x", "w0"], ["c0"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+         bnn("c0", "n0", "bn0"), helper.make_node("Relu", ["n0"], ["r0"]),
+         helper.make_node("MaxPool", ["r0"], ["m0"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+         helper.make_node("Conv", ["m0", "w1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+         bnn("c1", "n1", "bn1"), helper.make_node("Relu", ["n1"], ["r1"]),
+         helper.make_node("Conv", ["r1", "w2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+         bnn("c2", "n2", "bn2"), helper.make_node("Add", ["n2", "m0"], ["a2"]),
+         helper.make_node("Relu", ["a2"], ["r2"]),
+         helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+         helper.make_node("Shape", ["g"], ["sh"]),
+         helper.make_node("Gather", ["sh", "zero"], ["n"], axis=0),
+         helper.make_node("Concat", ["n", "minus1"], ["shape"], axis=0),
+         helper.make_node("Reshape", ["g", "shape"], ["f"]),
+         helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1)]
+    return _finish_pattern(n, i, n_classes, "resnet_bn")
+
+PATTERNS = {"se_hardswish": se_hardswish, "silu_reducemean": silu_reducemean,
+            "resnet_bn": resnet_bn}
+
+
+@pytest.mark.parametrize("pattern", sorted(PATTERNS))
+def test_recipes_on_common_export_patterns(env, capsys, pattern):
+    """Float top-1 equals onnxruntime's; the datafree recipe evaluates, and the file pack
+    writes from it runs in onnxruntime with the recipe's own top-1."""
+    path = env["tmp"] / f"{pattern}.onnx"
+    onnx.save(PATTERNS[pattern](), str(path))
+    model = ["--model", path, "--preprocess", "torch"]
+    ort_float, _ = ort_top1(path, env["crops"], env["labels"])
+    assert cli_json(capsys, "evaluate", *model, *env["data"])["top1"] == pytest.approx(
+        ort_float, abs=1e-4)
+    recipe = ["--recipe", "datafree", "--avg-bits", "6"]
+    rec = cli_json(capsys, "evaluate", *model, *env["data"], *recipe)
+    assert rec["recipe"] == "datafree" and 0 <= rec["top1"] <= 100
+    q = env["tmp"] / f"{pattern}_q.onnx"
+    cli_json(capsys, "pack", *model, *recipe, "--out", q)
+    assert ort_top1(q, env["crops"], env["labels"])[0] == pytest.approx(rec["top1"], abs=1e-4)
+
+
+def test_optimized_recipe_with_a_bias_that_is_a_separate_add(env, capsys):
+    """A MatMul whose bias is an Add of a constant has nowhere to absorb its output shift:
+    its shift is left uncorrected and the optimized recipe still runs."""
+    path = env["tmp"] / "silu.onnx"
+    onnx.save(PATTERNS["silu_reducemean"](), str(path))
+    out = cli_json(capsys, "evaluate", "--model", path, "--preprocess", "torch", *env["data"],
+                   "--recipe", "datafree-opt", "--avg-bits", "6")
+    assert out["datafree_opt"]["layers"] == 6 and 0 <= out["top1"] <= 100
+
+
 # --------------------------------------------------------------------------- real model
 
 

@@ -686,10 +686,10 @@ def refine_layer(up, lo, gap, H, A, *, sweeps: int = 2) -> np.ndarray:
 # --- Learned rounding of a network -------------------------------------------------------------
 
 
-def _sink(graph, node, values) -> tuple[str, str]:
+def _sink(graph, node, values) -> tuple[str, str] | None:
     from paper_repro.feedforward import repairs
 
-    return repairs.shift_sink(graph, node, values)
+    return repairs.find_sink(graph, node, values)
 
 
 def _post_scale(graph: G.Graph, node: G.Node, values) -> np.ndarray | None:
@@ -800,14 +800,18 @@ def learn_rounding(graph: G.Graph, params_float, params_q, report: list[dict], i
                     vq_k = {k: np.asarray(vq[k], np.float64) for k in node.kernels}
                     shift = repairs.layer_shifts(graph, vf_np, vq_k, {
                         node.name: moments[node.inputs[0]].mean})[node.name]
-                kind, spath = _sink(graph, node, vq)
-                if kind == "new":
+                sink = _sink(graph, node, vq)
+                kind, spath = sink if sink is not None else ("none", "")
+                if kind == "none":  # no bias, batch norm or creatable bias: left as is
+                    info["shift_absorbed"] = False
+                elif kind == "new":
                     changed[spath] = (-shift).astype(np.float32)
                 else:
                     cur = np.asarray(orig[spath]) if spath not in changed else changed[spath]
                     val = cur.astype(np.float64) + (shift if kind == "bn" else -shift)
                     changed[spath] = val.astype(cur.dtype)
-                vq[spath] = jnp.asarray(changed[spath])
+                if kind != "none":
+                    vq[spath] = jnp.asarray(changed[spath])
                 info["max_abs_shift"] = float(np.abs(shift).max())
             new_report[path] = {**row, "codes": jnp.asarray(codes),
                                 "r": float(corr_mod.sample_r(jnp.asarray(w, jnp.float32),

@@ -530,10 +530,11 @@ def layer_shifts(graph: G.Graph, values_float, values_q,
     return out
 
 
-def shift_sink(graph: G.Graph, node: G.Node, values) -> tuple[str, str]:
+def find_sink(graph: G.Graph, node: G.Node, values) -> tuple[str, str] | None:
     """Where layer ``node``'s output shift goes: ``("bias", path)`` (subtract), ``("bn",
-    moving-mean path)`` (add; the batch norm that alone reads the layer), or ``("new", path)``
-    (a bias to create). Raises ``ValueError`` if the model has none of these."""
+    moving-mean path)`` (add; the batch norm that alone reads the layer), ``("new", path)``
+    (a bias to create), or ``None`` when the model has none of these (an ONNX ``MatMul``
+    whose bias is a separate ``Add`` of a constant: the constant is not a parameter)."""
     if node.bias is not None:
         return "bias", node.bias
     cons = graph.consumers(node.name)
@@ -543,9 +544,17 @@ def shift_sink(graph: G.Graph, node: G.Node, values) -> tuple[str, str]:
             return "bn", mean
     if graph.bias_creatable:
         return "new", f"{node.group}/bias"
-    raise ValueError(f"layer {node.name!r} has no bias and no batch norm to absorb its "
-                     "output shift, and the model reads no bias it does not have; keep it "
-                     "in float (keep_float) or switch bias correction off")
+    return None
+
+
+def shift_sink(graph: G.Graph, node: G.Node, values) -> tuple[str, str]:
+    """:func:`find_sink`, raising ``ValueError`` where there is none."""
+    sink = find_sink(graph, node, values)
+    if sink is None:
+        raise ValueError(f"layer {node.name!r} has no bias and no batch norm to absorb its "
+                         "output shift, and the model reads no bias it does not have; keep it "
+                         "in float (keep_float) or switch bias correction off")
+    return sink
 
 
 def bias_correct(graph: G.Graph, params_float, params_q, moments: Mapping[str, Moments], *,
@@ -558,7 +567,8 @@ def bias_correct(graph: G.Graph, params_float, params_q, moments: Mapping[str, M
     was equalized). ``scope``: ``"all"`` corrects every quantized layer from the propagated
     moments; ``"anchored"`` only layers whose expected input is :attr:`Moments.anchored`
     (known statistics, see :func:`anchoring`; what :func:`quantize_model` does by default).
-    Returns ``(new_params, {layer: shift (C_out,)})``.
+    A layer with nowhere to absorb its shift (:func:`find_sink` is ``None``) stays
+    uncorrected. Returns ``(new_params, {layer: shift (C_out,)})`` for the corrected layers.
     """
     if scope not in ("anchored", "all"):
         raise ValueError(f"scope must be 'anchored' or 'all', got {scope!r}")
@@ -568,7 +578,8 @@ def bias_correct(graph: G.Graph, params_float, params_q, moments: Mapping[str, M
     todo = [n for n in graph.layers if (paths is None or any(k in paths for k in n.kernels))
             and not all(np.array_equal(np.asarray(vf[k]), np.asarray(vq[k]))
                         for k in n.kernels)
-            and (scope == "all" or moments[n.inputs[0]].anchored)]
+            and (scope == "all" or moments[n.inputs[0]].anchored)
+            and find_sink(graph, n, vq) is not None]
     shifts = layer_shifts(graph, vf, vq, {n.name: moments[n.inputs[0]].mean for n in todo})
     for node in todo:
         shift = shifts[node.name]
