@@ -24,6 +24,24 @@ def digits():
     return task
 
 
+def randomize_bn(params, rng, *, var, beta, mean_sd=None, gamma=None, bias_sd=None):
+    """Random batch-norm statistics in place (as trained ones, unlike a fresh init's): moving
+    variance uniform in ``var``, beta normal ``(mean, sd) = beta``, and optionally the moving
+    mean (normal, sd ``mean_sd``), gamma (uniform in ``gamma``) and every bias (sd ``bias_sd``).
+    Draws in the order variance, mean, gamma, beta per layer, then the bias."""
+    for layer in params.values():
+        if "moving_variance" in layer:
+            c = layer["moving_variance"].shape[0]
+            layer["moving_variance"] = rng.uniform(*var, c).astype(np.float32)
+            if mean_sd is not None:
+                layer["moving_mean"] = rng.normal(0, mean_sd, c).astype(np.float32)
+            if gamma is not None:
+                layer["gamma"] = rng.uniform(*gamma, c).astype(np.float32)
+            layer["beta"] = rng.normal(*beta, c).astype(np.float32)
+        if bias_sd is not None and "bias" in layer:
+            layer["bias"] = rng.normal(0, bias_sd, layer["bias"].shape).astype(np.float32)
+
+
 @pytest.fixture(scope="module")
 def tiny_mobilenet():
     """MobileNet v1 (alpha 0.25) at 32x32 with random kernels and random batch-norm statistics,
@@ -31,13 +49,7 @@ def tiny_mobilenet():
     spec = models.get("mobilenet", 0.25)
     params = spec.init(jax.random.key(0), input_size=32)
     rng = np.random.default_rng(1)
-    for layer in params.values():
-        if "moving_variance" in layer:
-            c = layer["moving_variance"].shape[0]
-            layer["moving_variance"] = rng.uniform(0.05, 2.0, c).astype(np.float32)
-            layer["moving_mean"] = rng.normal(0, 0.3, c).astype(np.float32)
-            layer["gamma"] = rng.uniform(0.3, 1.5, c).astype(np.float32)
-            layer["beta"] = rng.normal(0.5, 1.0, c).astype(np.float32)
+    randomize_bn(params, rng, var=(0.05, 2.0), mean_sd=0.3, gamma=(0.3, 1.5), beta=(0.5, 1.0))
     params["conv_pw_2_bn"]["moving_variance"][:2] = 1e-30
     params["conv_pw_2_bn"]["beta"][:2] = -1.0
     x = rng.uniform(-1, 1, (4, 32, 32, 3))
@@ -283,7 +295,9 @@ def test_bias_correction_without_batch_norm_on_onnx():
     np.testing.assert_allclose(C._per_channel(y_c, 1), C._per_channel(y_f, 1), atol=1e-5)
 
 
-def test_bias_correction_refuses_a_layer_with_nowhere_to_go():
+def test_bias_correction_leaves_a_layer_with_nowhere_to_go_uncorrected():
+    """A layer with no bias, no batch norm and a model that reads no bias it lacks keeps its
+    shift; the run goes on, says so, and records the layer (shift_sink alone refuses)."""
     import flax.linen as nn
 
     class Net(nn.Module):
@@ -295,9 +309,13 @@ def test_bias_correction_refuses_a_layer_with_nowhere_to_go():
     params = Net().init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))["params"]
     g = G.trace(lambda p, x: Net().apply({"params": p}, x), params, (1, 4, 4, 1))
     w = C.Wiring(g, np.full(1, 0.5), np.full(1, 0.3), np.zeros(1), np.ones(1))
+    with pytest.warns(UserWarning, match="left uncorrected: a$"):
+        qp, _, info = C.quantize_model(params, paths=["a/kernel"], scheme="linear", bits=2,
+                                       fit="max", bias_correction=True, wiring=w)
+    assert info["uncorrected_layers"] == ["a"] and info["corrected_layers"] == 0
+    assert set(qp) == set(params) and set(qp["a"]) == {"kernel"}  # no bias was invented
     with pytest.raises(ValueError, match="no bias and no batch norm"):
-        C.quantize_model(params, paths=["a/kernel"], scheme="linear", bits=2, fit="max",
-                         bias_correction=True, wiring=w)
+        C.shift_sink(g, g["a"], G.flat_values(qp))
 
 
 def test_mean_preserving_codes_keep_channel_sums():
@@ -345,13 +363,7 @@ def test_fold_and_equalize_are_exact_on_resnet_and_onnx():
     spec = models.get("resnet50")
     params = spec.init(jax.random.key(1), input_size=32)
     rng = np.random.default_rng(0)
-    for layer in params.values():
-        if "moving_variance" in layer:
-            c = layer["moving_variance"].shape[0]
-            layer["moving_variance"] = rng.uniform(0.5, 2.0, c).astype(np.float32)
-            layer["beta"] = rng.normal(0, 0.5, c).astype(np.float32)
-        if "bias" in layer:
-            layer["bias"] = rng.normal(0, 0.1, layer["bias"].shape).astype(np.float32)
+    randomize_bn(params, rng, var=(0.5, 2.0), beta=(0.0, 0.5), bias_sd=0.1)
     g = G.trace(models.make_apply(spec), params, (1, 32, 32, 3))
     x = rng.uniform(-120, 130, (1, 32, 32, 3))
     y0 = g.apply(params, x)

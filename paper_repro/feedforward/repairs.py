@@ -75,6 +75,7 @@ import dataclasses
 import hashlib
 import math
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -1124,6 +1125,15 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
                                            channel_axis=fit_kwargs.get("channel_axis"))
     if bias_correction:
         qp, shifts = bias_correct(wr.graph, ref, qp, moments, paths=paths, scope=bias_scope)
+        vq = G.flat_values(qp)
+        nowhere = [n.name for n in wr.graph.layers if any(k in paths for k in n.kernels)
+                   and find_sink(wr.graph, n, vq) is None]
+        if nowhere:
+            info["uncorrected_layers"] = nowhere
+            warnings.warn(f"bias correction: {len(nowhere)} layer(s) have no bias, batch norm "
+                          f"or creatable bias to absorb their output shift and are left "
+                          f"uncorrected: {', '.join(nowhere[:4])}"
+                          f"{' ...' if len(nowhere) > 4 else ''}", UserWarning, stacklevel=2)
         info["corrected_layers"] = len(shifts)
         info["max_abs_shift"] = float(max((np.abs(s).max() for s in shifts.values()),
                                           default=0.0))
