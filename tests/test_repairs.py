@@ -550,3 +550,42 @@ def test_recipes_command_lists_every_recipe_and_its_switches(capsys):
     assert out["datafree"]["optimizer"] is None
     assert out["datafree-opt"]["optimizer"]["round_steps"] > 0
     assert out["datafree"]["settings"]["bias_correction"] is True
+
+
+def test_fold_into_codebooks_keeps_the_quantized_network(tiny_mobilenet):
+    """Batch norms folded into per-channel codebooks (negative scales mirror the codes): same
+    outputs to float32 rounding, the file rebuilds the folded tree bit for bit and is smaller;
+    a per-tensor layer is left as it is."""
+    import copy
+
+    from paper_repro.core import storage as S
+
+    params, g, x = tiny_mobilenet
+    params = copy.deepcopy(params)
+    params["conv_pw_3_bn"]["gamma"][::2] *= -1  # negative scales: codes mirrored
+    w = C.Wiring(g, *C.input_statistics("tf"))
+    paths = [p for p, _ in Q.tree_paths(params) if p.endswith("kernel")]
+    apply = models.make_apply(models.get("mobilenet", 0.25))
+    for scheme in ("exponential", "lloyd_max"):
+        qp, rep, _ = C.quantize_model(params, paths=paths, scheme=scheme, bits=5,
+                                      mean_preserving=True, bias_correction=True, wiring=w,
+                                      fit="corr", granularity="channel", gain=True)
+        fp, frep, folded = C.fold_into_codebooks(g, qp, rep)
+        assert len(folded) == 27  # every conv but the classifier, which has no batch norm
+        y0, y1 = np.asarray(apply(qp, x)), np.asarray(apply(fp, x))
+        assert np.abs(y1 - y0).max() <= 1e-5 * np.abs(y0).max()
+        assert np.all(fp["conv_pw_3_bn"]["gamma"] == 1) and np.all(fp["conv_pw_3_bn"]["moving_mean"] == 0)
+        before = {r["path"]: np.asarray(r["codes"]) for r in rep}
+        after = {r["path"]: np.asarray(r["codes"]) for r in frep}
+        k = after["conv_pw_3/kernel"]
+        L = frep[[r["path"] for r in frep].index("conv_pw_3/kernel")]["quantizer"].n_levels
+        np.testing.assert_array_equal(k[..., ::2], L - 1 - before["conv_pw_3/kernel"][..., ::2])
+        np.testing.assert_array_equal(k[..., 1::2], before["conv_pw_3/kernel"][..., 1::2])
+        packed = S.pack_tree(fp, frep, fill=True)
+        back = S.unpack_tree(S.PackedModel.from_bytes(packed.to_bytes()))
+        assert S.trees_equal(back, {k: dict(v) for k, v in fp.items()})
+        saved = S.packed_nbytes(qp, rep)["packed_bytes"] - S.sizes(packed)["packed_bytes"]
+        n_bn = sum(np.size(v) for k, v in Q.tree_paths(params) if "moving_mean" in k)
+        assert saved >= 3 * 4 * n_bn - 4096  # gamma, mean, variance: 3 floats a channel, less the header
+    qt, rt = Q.quantize_tree(params, select="conv_pw_1/kernel", scheme="linear", bits=4)
+    assert C.fold_into_codebooks(g, qt, rt)[2] == []  # one codebook per tensor: not folded

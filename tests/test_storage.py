@@ -93,7 +93,7 @@ def test_quantize_tree_roundtrip_bit_exact(tmp_path, scheme, bits, granularity, 
         assert x.dtype == w.dtype and x.shape == w.shape, path
         assert np.array_equal(x, w), path
     assert S.trees_equal(loaded, want)
-    assert got_meta["model"] == "tiny" and got_meta["format_version"] == S.FORMAT_VERSION
+    assert got_meta["model"] == "tiny" and got_meta["format_version"] == 3  # no fill leaf
     assert sizes["packed_bytes"] == (tmp_path / "m.prq").stat().st_size
     assert {e["path"] for e in S.describe(S.read_packed(tmp_path / "m.prq"))["leaves"]
             if e["kind"] == "quantized"} == {r["path"] for r in report}
@@ -230,6 +230,33 @@ def test_pack_and_unpack_commands(tmp_path, capsys):
     assert S.trees_equal(W.load("mobilenet", tmp_path / "deq.h5", alpha=0.25), loaded)
     assert cli.main(["unpack", str(out)]) == 0
     assert "conv1/kernel" in capsys.readouterr().out
+
+
+def test_pack_compact_folds_batch_norms_into_codebooks(tmp_path, capsys):
+    """``pack --compact``: format 4, batch norms folded (the same network), smaller file."""
+    import jax
+
+    from paper_repro.experiments.storage import synthetic_params
+    from paper_repro.feedforward import models
+    from paper_repro.feedforward import weights as W
+
+    params = synthetic_params("mobilenet", 0.25, seed=0)
+    h5 = W.save_h5(params, tmp_path / "mobilenet_2_5_224_tf.h5")
+    q = ["--scheme", "exponential", "--bits", "5", "--granularity", "channel", "--gain"]
+    out = {}
+    for tag, extra in (("plain", []), ("compact", ["--compact"])):
+        f = tmp_path / f"{tag}.prq"
+        assert cli.main(["pack", "--model", "mobilenet", "--alpha", "0.25", "--weights", str(h5),
+                         *q, *extra, "--out", str(f), "--json"]) == 0
+        out[tag] = (json.loads(capsys.readouterr().out), *S.load_packed(f))
+    (a, pa, ma), (b, pb, mb) = out["plain"], out["compact"]
+    assert ma["format_version"] == 3 and mb["format_version"] == 4 and b["roundtrip_exact"]
+    assert b["meta"]["compact"] == {"folded_batch_norms": 27} and b["fill_leaves"] >= 3 * 27
+    assert b["packed_bytes"] < a["packed_bytes"] and b["float_kept_bytes"] < a["float_kept_bytes"]
+    apply = models.make_apply(models.get("mobilenet", 0.25))
+    x = jax.random.uniform(jax.random.key(0), (2, 224, 224, 3), minval=-1, maxval=1)
+    ya, yb = np.asarray(apply(pa, x)), np.asarray(apply(pb, x))
+    assert np.abs(yb - ya).max() <= 1e-4 * np.abs(ya).max()
 
 
 def test_storage_experiment_needs_real_weights_and_its_smoke_run_is_synthetic():
@@ -402,7 +429,7 @@ def test_header_fields_are_validated_even_with_a_valid_checksum(tmp_path):
         "bool": lambda h: h["leaves"][qi].update(bits=True),
         "kind": lambda h: h["leaves"][ai].update(kind="tensor"),
         "duplicate": lambda h: h["leaves"].append(h["leaves"][ai]),
-        "version": lambda h: h.update(format_version=4),
+        "version": lambda h: h.update(format_version=S.FORMAT_VERSION + 1),
         "leaves": lambda h: h.update(leaves={}),
     }
     for name, fn in cases.items():
@@ -851,3 +878,65 @@ def test_unpack_refuses_to_write_bfloat16_as_raw_bytes(tmp_path, capsys):
     for out in ("d.npz", "d.h5"):
         assert cli.main(["unpack", str(tmp_path / "m.prq"), "--out", str(tmp_path / out)]) == 2
         assert "bfloat16" in capsys.readouterr().err and not (tmp_path / out).exists()
+
+
+def test_constant_leaves_are_stored_as_one_number(tmp_path):
+    """``fill=True``: constant arrays of more than 16 bytes become format-4 fill leaves that
+    decode bit for bit; other arrays, -0.0 and small constants stay arrays; without fill
+    leaves the file stays format 3, byte for byte as before."""
+    import copy
+
+    params, _, _ = small_packed()
+    tree = copy.deepcopy(params)
+    tree["bn_like"] = {"gamma": np.ones(32, np.float32), "mean": np.zeros(32, np.float32),
+                       "var": np.full(32, np.float32(1 - 1e-3)),
+                       "negzero": np.full(32, -0.0, np.float32),
+                       "small": np.ones(4, np.float32), "count": np.full(8, 7, np.int64),
+                       "flag": np.ones(40, bool), "h": np.full(16, 0.1, np.float16)}
+    _, report = Q.quantize_tree(params, scheme="exponential", bits=4, fit="max",
+                                granularity="channel", select=r"fc/kernel")
+    plain = S.pack_tree(tree, report)
+    filled = S.pack_tree(tree, report, fill=True)
+    assert plain.header["format_version"] == 3 and plain.to_bytes()[:8] == S.MAGIC
+    assert filled.header["format_version"] == 4 and filled.to_bytes()[:8] == S.MAGIC_4
+    kinds = {"/".join(e["keys"]): e["kind"] for e in filled.header["leaves"]}
+    quantized = {r["path"] for r in report}
+    constant = {p for p, a in S.flatten(tree).items() if p not in quantized
+                and a.nbytes > 16 and len({a.reshape(-1)[i:i + 1].tobytes()
+                                           for i in range(a.size)}) == 1}
+    assert {"bn_like/gamma", "bn_like/var", "bn_like/negzero", "bn_like/flag"} <= constant
+    assert {k for k, v in kinds.items() if v == "fill"} == constant
+    assert kinds["bn_like/small"] == "array"  # 16 bytes: one number would not be smaller
+    f = tmp_path / "m.prq"
+    out = S.save_packed(f, filled)
+    loaded, meta = S.load_packed(f)
+    assert meta["format_version"] == 4 and out["fill_leaves"] == len(constant)
+    assert S.trees_equal(loaded, S.unpack_tree(plain))
+    for k, v in tree["bn_like"].items():
+        assert loaded["bn_like"][k].dtype == v.dtype
+        assert loaded["bn_like"][k].tobytes() == v.tobytes(), k
+    saved = sum(S.flatten(tree)[p].nbytes for p in constant)
+    assert out["float_kept_bytes"] == S.sizes(plain)["float_kept_bytes"] - saved
+    assert S.packed_nbytes(tree, report, fill=True) == out  # the accounting predicts the file
+    # what the reader refuses: fill leaves under the format-3 magic, and bad values
+    gi = next(i for i, e in enumerate(filled.header["leaves"])
+              if e["keys"] == ["bn_like", "gamma"])
+    fi = next(i for i, e in enumerate(filled.header["leaves"])
+              if e["keys"] == ["bn_like", "flag"])
+    ii = next(i for i, e in enumerate(filled.header["leaves"])
+              if e["keys"] == ["bn_like", "count"])
+    hi = next(i for i, e in enumerate(filled.header["leaves"]) if e["keys"] == ["bn_like", "h"])
+    h3 = copy.deepcopy(filled.header)
+    h3["format_version"] = 3
+    assert "unknown kind" in refused(S.PackedModel(header=h3, data=filled.data).to_bytes(), f)
+    for i, value, why in ((gi, "1", "not a bool/int/float"), (gi, True, "is a bool"),
+                          (gi, float("inf"), "not a finite"), (fi, 1, "not a bool"),
+                          (ii, 2**70, "not a int64"), (hi, 0.1, "not a finite float16"),
+                          (gi, None, "not a bool/int/float")):
+        h = copy.deepcopy(filled.header)
+        h["leaves"][i]["value"] = value
+        msg = refused(S.PackedModel(header=h, data=filled.data).to_bytes(), f)
+        assert "corrupt packed model" in msg and why in msg, (value, msg)
+    h = copy.deepcopy(filled.header)
+    del h["leaves"][gi]["value"]
+    assert "lacks 'value'" in refused(S.PackedModel(header=h, data=filled.data).to_bytes(), f)

@@ -10,6 +10,12 @@ before codebooks and float-kept parameters), the bits spent per quantized weight
 empirical entropy of the codes (what an ideal entropy coder would spend). The file is read
 back and checked bit for bit against the quantized weights before the command succeeds.
 
+``--compact`` folds each batch norm into the per-channel codebooks of the layer it follows
+(:func:`paper_repro.feedforward.repairs.fold_into_codebooks`: the same network up to float32
+rounding, the codes mirrored where a scale is negative) and stores the identity batch norms
+this leaves as one number per array (format 4): three float32 numbers fewer per channel. The
+file then holds the folded parameterization (``paper-repro unpack`` gives folded kernels).
+
 Every model ``paper-repro evaluate`` accepts can be packed: the registry models (weights
 from ``--weights`` or the fetched official file) and ``digits_cnn`` (the embedded checkpoint,
 or a digits ``.npz`` given with ``--weights``).
@@ -73,6 +79,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--entropy-coding", action="store_true",
                    help="entropy-code each kernel's codes (ANS under its stored histogram) "
                         "instead of bit-packing them")
+    p.add_argument("--compact", action="store_true",
+                   help="fold each batch norm into the per-channel codebooks of the layer it "
+                        "follows and store the constant leaves this leaves as one number "
+                        "(format 4): the same network in a smaller file")
     p.add_argument("--preprocess", default=None, choices=imagenet.PREPROCESS_MODES,
                    help="ONNX models only: the input preprocessing, recorded in the header")
     repairs.add_recipe_argument(p)
@@ -141,6 +151,14 @@ def run(args) -> int:
                                              fit=args.fit, granularity=args.granularity,
                                              channel_axis=axis, **options)
     coding = "ans" if args.entropy_coding else "fixed"
+    if args.compact:
+        if onnx_task.is_onnx(args.out):
+            raise ValueError("--compact writes a .prq file (batch norms folded into codebooks); "
+                             "an ONNX output keeps the source graph")
+        wiring = repairs.pack_wiring(args, params, onnx_model=onnx_model)
+        new, report, folded = repairs.fold_into_codebooks(wiring.graph, new, report)
+        params = new
+        recipe_meta = {**recipe_meta, "compact": {"folded_batch_norms": len(folded)}}
     meta = {
         **source, "scheme": args.scheme, "fit": args.fit,
         "bits": args.bits, "granularity": args.granularity, "coding": coding,
@@ -151,7 +169,8 @@ def run(args) -> int:
     if onnx_task.is_onnx(args.out):
         return _write_onnx(args, onnx_model, new, report, meta, t0)
     sizes = storage.save_packed(args.out, params, report, meta=meta,
-                                symmetric_codebook=not args.full_codebook, coding=coding)
+                                symmetric_codebook=not args.full_codebook, coding=coding,
+                                fill=args.compact)
     loaded, _ = storage.load_packed(args.out)
     exact = storage.trees_equal(loaded, {k: dict(d) for k, d in new.items()})
     if not exact:

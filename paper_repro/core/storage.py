@@ -56,6 +56,10 @@ parameter tree (a nested dict, e.g. ``{layer: {var: array}}``) in the tree's ord
   codes (with ``"count"``, the number of codes, repeated as a check on ``shape``) are a
   stream of little-endian uint32 words after a ``model`` blob of ``L`` uint16 weights
   (:mod:`paper_repro.core.entropy`). Blob order: codebook, model, codes.
+- constant (format 4 only, written with ``fill=True``): ``{"keys", "kind": "fill", "shape",
+  "dtype", "value"}``, every element equal to ``value`` (a JSON bool, int, or finite number
+  exactly representable in ``dtype``); no data blob. A format-4 file has the magic
+  ``b"PRQPACK4"`` and is otherwise laid out and checked like format 3.
 - kept in float: ``{"keys", "kind": "array", "shape", "dtype", "offset", "nbytes"}``, the raw
   C-order little-endian bytes of the array as it was (biases, batch-norm statistics,
   unselected leaves). ``dtype`` is a name: bool, (u)int8..64, float16, bfloat16, float32,
@@ -102,10 +106,13 @@ from paper_repro import __version__
 from paper_repro.core import entropy
 
 MAGIC = b"PRQPACK3"  # format 3: checksummed
+MAGIC_4 = b"PRQPACK4"  # format 4: format 3 plus constant ("fill") leaves
 LEGACY_MAGIC = b"PRQPACK1"  # formats 1 and 2: no checksum
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 FORMAT = "paper-repro-packed"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # the newest this package reads; files without fill leaves stay format 3
+_MAGICS = {3: MAGIC, 4: MAGIC_4}
+FILL_MIN_NBYTES = 16  # a constant array of more bytes than this is stored as one number
 SUFFIX = ".prq"
 _PREFIX = len(MAGIC) + 4
 CHECKSUM_BYTES = 32  # SHA-256
@@ -410,7 +417,8 @@ class PackedModel:
 
     def to_bytes(self) -> bytes:
         h = self.header_bytes()
-        body = MAGIC + struct.pack("<I", len(h)) + h + self.data
+        magic = _MAGICS.get(self.header.get("format_version"), MAGIC)
+        body = magic + struct.pack("<I", len(h)) + h + self.data
         return body + hashlib.sha256(body).digest()
 
     def file_nbytes(self) -> int:
@@ -429,17 +437,17 @@ class PackedModel:
         magic = blob[: len(MAGIC)]
         if magic == LEGACY_MAGIC:
             return cls._legacy(blob, source, allow_unverified)
-        if magic != MAGIC:
+        if magic not in (MAGIC, MAGIC_4):
             raise ValueError(f"{source}: not a packed paper-repro model (bad magic bytes "
                              f"{magic!r}; expected {MAGIC!r}); write one with `paper-repro pack`")
         try:
-            return cls._checked(blob, source)
+            return cls._checked(blob, source, 4 if magic == MAGIC_4 else 3)
         except _Corrupt as e:
             raise ValueError(f"{source}: corrupt packed model: {_one_line(e)}; re-create it with "
                              "`paper-repro pack`") from None
 
     @classmethod
-    def _checked(cls, blob: bytes, source: str) -> PackedModel:
+    def _checked(cls, blob: bytes, source: str, version: int) -> PackedModel:
         if len(blob) < _PREFIX + 2 + CHECKSUM_BYTES:
             raise _Corrupt(f"{len(blob)} bytes is too short for a packed model (truncated)")
         (n,) = struct.unpack("<I", blob[len(MAGIC):_PREFIX])
@@ -453,7 +461,7 @@ class PackedModel:
                            "it was written)")
         header = _parse_header(blob[_PREFIX:_PREFIX + n])
         data = blob[_PREFIX + n:-CHECKSUM_BYTES]
-        _validate(header, len(data), versions=(FORMAT_VERSION,))
+        _validate(header, len(data), versions=(version,))
         return cls(header=header, data=data, source=source)
 
     @classmethod
@@ -535,7 +543,7 @@ def _loc(d, where: str, expect_offset: int, expect_nbytes: int | None) -> int:
 
 
 def _resolve_dtype(s: str, where: str, versions: Sequence[int]) -> np.dtype:
-    if FORMAT_VERSION in versions:
+    if min(versions) >= 3:
         if s not in _DTYPE_NAMES:
             raise _Corrupt(f"{where}: unknown dtype {_short(s)}")
         return _dtype_of(s)
@@ -543,6 +551,28 @@ def _resolve_dtype(s: str, where: str, versions: Sequence[int]) -> np.dtype:
         why = " (format 2 stored bfloat16 as raw bytes)" if s == "<V2" else ""
         raise _Corrupt(f"{where}: unknown dtype {_short(s)}{why}")
     return np.dtype(s)
+
+
+def _fill_value(e, where: str, dtype: np.dtype):
+    """The checked ``value`` of a fill leaf as a scalar of ``dtype``: a JSON bool for bool, an
+    int within range for integers, a finite number for floats (exactly representable)."""
+    v = _get(e, "value", where, (bool, int, float))
+    if dtype == np.bool_:
+        if not isinstance(v, bool):
+            raise _Corrupt(f"{where}: fill value {_short(v)} of a bool leaf is not a bool")
+        return np.bool_(v)
+    if isinstance(v, bool):
+        raise _Corrupt(f"{where}: fill value {v!r} is a bool, the leaf is {dtype}")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if not isinstance(v, int) or not info.min <= v <= info.max:
+            raise _Corrupt(f"{where}: fill value {_short(v)} is not a {dtype}")
+        return dtype.type(v)
+    if dtype.kind == "c":
+        raise _Corrupt(f"{where}: a complex leaf cannot be a fill leaf")
+    if not math.isfinite(float(v)) or float(dtype.type(v)) != float(v):
+        raise _Corrupt(f"{where}: fill value {_short(v)} is not a finite {dtype} number")
+    return dtype.type(v)
 
 
 def _validate(header: dict, data_len: int, *, versions: Sequence[int]) -> None:
@@ -585,6 +615,9 @@ def _validate(header: dict, data_len: int, *, versions: Sequence[int]) -> None:
         dtype = _resolve_dtype(_get(e, "dtype", where, str), where, versions)
         if kind == "array":
             end = _loc(e, where, end, n * dtype.itemsize)
+            continue
+        if kind == "fill" and min(versions) >= 4:
+            _fill_value(e, where, dtype)
             continue
         if kind != "quantized":
             raise _Corrupt(f"{where}: unknown kind {_short(kind)}")
@@ -632,7 +665,7 @@ def _validate(header: dict, data_len: int, *, versions: Sequence[int]) -> None:
         if _get(codes, "bits", cw, int) != code_bits(L):
             raise _Corrupt(f"{cw}: {codes['bits']} bits a code for {L} levels "
                            f"(expected {code_bits(L)})")
-        coding = "fixed" if FORMAT_VERSION not in versions else _get(codes, "coding", cw, str)
+        coding = "fixed" if min(versions) < 3 else _get(codes, "coding", cw, str)
         if coding == "fixed":
             end = _loc(codes, cw, end, packed_size(n, code_bits(L)))
         elif coding == "ans":
@@ -658,8 +691,28 @@ def _validate(header: dict, data_len: int, *, versions: Sequence[int]) -> None:
 # --- Writing ------------------------------------------------------------------------------------
 
 
+def _constant(a: np.ndarray):
+    """The JSON number (or bool) every element of ``a`` equals bit for bit, when ``a`` is a
+    constant array of more than :data:`FILL_MIN_NBYTES` bytes; else ``None``."""
+    if a.nbytes <= FILL_MIN_NBYTES or a.dtype.kind not in "biuf" or a.size < 2:
+        return None
+    flat = a.reshape(-1)
+    raw = flat.view(np.uint8).reshape(flat.size, -1)
+    if not (raw == raw[:1]).all():
+        return None
+    if a.dtype == np.bool_:
+        return bool(flat[0])
+    if a.dtype.kind in "iu":
+        return int(flat[0])
+    v = float(flat[0])
+    back = np.asarray(v, a.dtype).reshape(1)
+    if not math.isfinite(v) or back.view(np.uint8).tobytes() != raw[0].tobytes():
+        return None  # -0.0, NaN payloads: stored as an array
+    return v
+
+
 def _layout(params, report: Sequence[Mapping], *, meta, symmetric_codebook: bool, coding: str,
-            write: bool) -> tuple[dict, list[bytes], int]:
+            write: bool, fill: bool = False) -> tuple[dict, list[bytes], int]:
     """The header of the packed file and its data blobs (``write``) or only their sizes.
 
     Returns ``(header, chunks, data_nbytes)``; ``chunks`` is empty unless ``write``. The sizes
@@ -706,6 +759,11 @@ def _layout(params, report: Sequence[Mapping], *, meta, symmetric_codebook: bool
         if path not in rows:
             name = _dtype_name(arr.dtype)
             stored = np.ascontiguousarray(arr, dtype=_dtype_of(name))
+            value = _constant(stored) if fill else None
+            if value is not None:
+                leaves.append({"keys": list(keys), "kind": "fill", "shape": list(arr.shape),
+                               "dtype": name, "value": value})
+                continue
             leaves.append({"keys": list(keys), "kind": "array", "shape": list(arr.shape),
                            "dtype": name, **put(stored.tobytes, stored.nbytes)})
             continue
@@ -763,13 +821,15 @@ def _layout(params, report: Sequence[Mapping], *, meta, symmetric_codebook: bool
             "r": float(row["r"]) if "r" in row else None,
             "codebook": codebook, "codes": code,
         })
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION,
+    version = 4 if any(e["kind"] == "fill" for e in leaves) else 3
+    header = {"format": FORMAT, "format_version": version,
               "package_version": __version__, "meta": dict(meta or {}), "leaves": leaves}
     return header, chunks, offset
 
 
 def pack_tree(params, report: Sequence[Mapping], *, meta: Mapping | None = None,
-              symmetric_codebook: bool = True, coding: str = "fixed") -> PackedModel:
+              symmetric_codebook: bool = True, coding: str = "fixed",
+              fill: bool = False) -> PackedModel:
     """Pack a quantized parameter tree.
 
     Args:
@@ -781,23 +841,28 @@ def pack_tree(params, report: Sequence[Mapping], *, meta: Mapping | None = None,
       symmetric_codebook: store codebooks as parameters / positive halves where that is exact
         (``False``: every level).
       coding: ``"fixed"`` (bit-packed codes) or ``"ans"`` (entropy-coded codes).
+      fill: store each constant array of more than :data:`FILL_MIN_NBYTES` bytes (every
+        element the same bits) as one number, a ``"fill"`` leaf of format 4 (e.g. the identity
+        batch norms :func:`paper_repro.feedforward.repairs.fold_into_codebooks` leaves); the
+        file is format 4 if any leaf is one, else format 3.
     Returns:
       A :class:`PackedModel`; :func:`unpack_tree` gives back the quantized tree bit for bit.
     """
     header, chunks, n = _layout(params, report, meta=meta, symmetric_codebook=symmetric_codebook,
-                                coding=coding, write=True)
+                                coding=coding, write=True, fill=fill)
     data = b"".join(chunks)
     assert len(data) == n
     return PackedModel(header=header, data=data)
 
 
 def packed_nbytes(params, report: Sequence[Mapping], *, meta: Mapping | None = None,
-                  symmetric_codebook: bool = True, coding: str = "fixed") -> dict:
+                  symmetric_codebook: bool = True, coding: str = "fixed",
+                  fill: bool = False) -> dict:
     """The :func:`sizes` accounting of the file :func:`pack_tree` would write, from the size
     functions (:func:`codebook_nbytes`, :func:`codes_nbytes`) and the header it would carry;
     no codes are bit-packed and no file is written (entropy coding still runs the encoder)."""
     header, _, n = _layout(params, report, meta=meta, symmetric_codebook=symmetric_codebook,
-                           coding=coding, write=False)
+                           coding=coding, write=False, fill=fill)
     return _accounting(header, n)
 
 
@@ -837,6 +902,8 @@ def _decode(packed: PackedModel, entry: Mapping) -> np.ndarray:
     dtype = _dtype_of(name) if name in _DTYPE_NAMES else np.dtype(name)
     if entry["kind"] == "array":
         return np.frombuffer(_blob(packed.data, entry), dtype).reshape(shape).copy()
+    if entry["kind"] == "fill":
+        return np.full(shape, dtype.type(entry["value"]), dtype)
     cb = entry["codebook"]
     book = np.frombuffer(_blob(packed.data, cb), "<f4").astype(np.float32).reshape(cb["shape"])
     L = int(entry["n_levels"])
@@ -885,7 +952,7 @@ def _meta(packed: PackedModel) -> dict:
 
 def save_packed(path: str | os.PathLike, params, report: Sequence[Mapping] | None = None, *,
                 meta: Mapping | None = None, symmetric_codebook: bool = True,
-                coding: str = "fixed") -> dict:
+                coding: str = "fixed", fill: bool = False) -> dict:
     """Write a packed model file and return its :func:`sizes` (``packed_bytes`` = file size).
 
     ``params`` is a :class:`PackedModel`, or a tree packed with ``report`` (see
@@ -893,7 +960,7 @@ def save_packed(path: str | os.PathLike, params, report: Sequence[Mapping] | Non
     """
     packed = params if isinstance(params, PackedModel) else pack_tree(
         params, report if report is not None else [], meta=meta,
-        symmetric_codebook=symmetric_codebook, coding=coding)
+        symmetric_codebook=symmetric_codebook, coding=coding, fill=fill)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -925,7 +992,7 @@ def is_packed(path: str | os.PathLike) -> bool:
     """Whether ``path`` starts with a packed model's magic bytes (any format version)."""
     try:
         with open(path, "rb") as f:
-            return f.read(len(MAGIC)) in (MAGIC, LEGACY_MAGIC)
+            return f.read(len(MAGIC)) in (MAGIC, MAGIC_4, LEGACY_MAGIC)
     except OSError:
         return False
 
@@ -943,7 +1010,7 @@ def weights_kind(path: str | os.PathLike) -> str:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(len(MAGIC))
-        if head in (MAGIC, LEGACY_MAGIC):
+        if head in (MAGIC, MAGIC_4, LEGACY_MAGIC):
             return "packed"
         if head == HDF5_MAGIC:
             return "hdf5"
@@ -956,7 +1023,8 @@ def weights_kind(path: str | os.PathLike) -> str:
     if size == 0:
         raise ValueError(f"{path}: empty file; expected a packed model (.prq) or a Keras .h5 "
                          "weight file")
-    close = max(sum(a == b for a, b in zip(head, m, strict=False)) for m in (MAGIC, LEGACY_MAGIC))
+    close = max(sum(a == b for a, b in zip(head, m, strict=False))
+                for m in (MAGIC, MAGIC_4, LEGACY_MAGIC))
     if close >= len(MAGIC) - 2:
         raise ValueError(f"{path}: damaged packed model (bad magic bytes {head!r}); re-create "
                          "it with `paper-repro pack`")
@@ -991,12 +1059,14 @@ def load_packed(path: str | os.PathLike, *, allow_unverified: bool = False) -> t
 
 
 def _accounting(header: Mapping, data_nbytes: int) -> dict:
-    codes = book = kept = model = n = nq = code_bits_total = rows = n_ans = 0
+    codes = book = kept = model = n = nq = code_bits_total = rows = n_ans = fills = 0
     for e in header["leaves"]:
         size = math.prod(e["shape"])
         n += size
         if e["kind"] == "array":
             kept += e["nbytes"]
+        elif e["kind"] == "fill":
+            fills += 1
         else:
             nq += size
             codes += e["codes"]["nbytes"]
@@ -1017,6 +1087,7 @@ def _accounting(header: Mapping, data_nbytes: int) -> dict:
         "n_params": n, "n_quantized": nq, "float_bytes": fb, "packed_bytes": total,
         "codes_bytes": codes, "code_model_bytes": model, "entropy_coded_leaves": n_ans,
         "codebook_bytes": book, "codebooks": rows, "float_kept_bytes": kept,
+        "fill_leaves": fills,
         "header_bytes": head, "ratio": fb / total if total else float("nan"),
         "bits_per_param": 8 * total / n if n else float("nan"),
         "code_bits_per_weight": 8 * codes / nq if nq else float("nan"),

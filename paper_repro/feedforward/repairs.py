@@ -756,6 +756,91 @@ def fold_bn(graph: G.Graph, params) -> dict:
     return new
 
 
+def fold_into_codebooks(graph: G.Graph, params_q, report: Sequence[Mapping]
+                        ) -> tuple[dict, list[dict], list[str]]:
+    """Fold each batch norm into the per-channel codebooks of the quantized layer it alone
+    follows, for storage: the same network in fewer stored numbers.
+
+    A batch norm is ``z = a_c u + b_c`` per channel; with one codebook per output channel,
+    ``a_c W_q`` is the same codes on the codebook scaled by ``|a_c|`` (codes mirrored,
+    ``L - 1 - k``, where ``a_c < 0``; the codebooks are symmetric). The batch norm becomes the
+    identity plus the folded offset (as :func:`fold_bn`: ``mean = 0``, ``var = 1 - eps``,
+    ``gamma = 1``, ``beta = b_c`` plus the layer's bias times ``a_c``, the bias then zero):
+    constant leaves, which the packed format stores as one number each
+    (:func:`paper_repro.core.storage.pack_tree` with ``fill=True``). Layers quantized per
+    tensor, with unsymmetric codebooks, or whose codebook rows are not the batch norm's
+    channels are left as they are. The result equals the quantized network up to float32
+    rounding (the scaled codebook is rebuilt from its stored parameters, bit for bit as the
+    file decodes). Returns ``(params, report, folded layer names)``; inputs not mutated.
+    """
+    from paper_repro.core import storage
+
+    values = G.flat_values(params_q)
+    rows = {r["path"]: dict(r) for r in report}
+    new = _copy_tree(params_q)
+    folded = []
+    for layer, bn in _bn_pairs(graph):
+        path = _out_kernel(layer)
+        row = rows.get(path)
+        bv = bn_vars(bn)
+        eps = bn.attrs.get("eps")
+        if row is None or eps is None or not {"mean", "var", "beta"} <= set(bv):
+            continue
+        q = row["quantizer"]
+        if q.granularity != "channel":
+            continue
+        levels = np.asarray(q.levels, np.float32)
+        L = levels.shape[-1]
+        if not np.array_equal(levels[:, ::-1], -levels):  # mirrored codes need symmetry
+            continue
+        a, c = bn_affine(bn, values)
+        w = np.asarray(values[path])
+        ax = q.channel_axis % w.ndim
+        if w.shape[ax] != a.shape[0]:
+            continue
+        form, book = storage._codebook(levels, symmetric=True, q=q)
+        s = np.abs(a)
+        if form == "params":
+            book2 = np.array(book, np.float32)
+            book2[:, 0] = (book[:, 0].astype(np.float64) * s).astype(np.float32)
+            levels2 = storage._from_params(book2, q.scheme, q.bits, L).astype(np.float32)
+            params2 = {**q.params, "c": book2[:, 0], "gain": np.ones_like(book2[:, 0])}
+            if book2.shape[1] > 1:
+                params2["a"] = book2[:, 1]
+        elif form == "half":
+            half = (book.astype(np.float64) * s[:, None]).astype(np.float32)
+            levels2 = storage._full_from_half(half, L).astype(np.float32)
+            params2 = dict(q.params)
+        else:
+            continue
+        codes = np.asarray(row["codes"])
+        flip = np.moveaxis(np.broadcast_to((a < 0).reshape((-1,) + (1,) * (w.ndim - 1)),
+                                           np.moveaxis(codes, ax, 0).shape), 0, ax)
+        codes2 = np.where(flip, L - 1 - codes, codes).astype(codes.dtype)
+        q2 = Q.Quantizer(jnp.asarray(levels2), jnp.asarray((levels2[:, 1:] + levels2[:, :-1]) / 2),
+                         params2, q.scheme, q.bits, q.granularity, q.channel_axis)
+        w2 = np.asarray(Q.decode(jnp.asarray(codes2), q2)).astype(w.dtype)
+        want, _ = _out_channels(layer, path, w.astype(np.float64))
+        got, _ = _out_channels(layer, path, w2.astype(np.float64))
+        if not np.allclose(got, want * a, rtol=1e-5, atol=1e-6 * np.abs(want * a).max()):
+            continue  # the codebook rows are not the batch norm's channels
+        _set(new, path, w2)
+        if layer.bias is not None:
+            c = c + a * _np(values[layer.bias])
+            _set(new, layer.bias, np.zeros_like(np.asarray(values[layer.bias])))
+        n = a.shape[0]
+        _set(new, bv["mean"], np.zeros(n, np.float32))
+        _set(new, bv["var"], np.full(n, 1.0 - eps, np.float32))
+        if "gamma" in bv and bv["gamma"] in values:
+            _set(new, bv["gamma"], np.ones(n, np.float32))
+        _set(new, bv["beta"], c.astype(np.float32))
+        rows[path] = {**row, "codes": jnp.asarray(codes2), "quantizer": q2,
+                      "r": float(corr_mod.sample_r(jnp.asarray(want * a, jnp.float32),
+                                                   jnp.asarray(got, jnp.float32)))}
+        folded.append(layer.name)
+    return new, [rows[r["path"]] for r in report], folded
+
+
 def output_bounds(graph: G.Graph, params, *, in_lo, in_hi) -> dict[str, tuple]:
     """Worst-case interval ``(lo, hi)`` of every node's output (unbatched maps) for inputs in
     ``[in_lo, in_hi]`` (per channel): linear layers by centre and radius (the radius through
@@ -1302,10 +1387,9 @@ def prepare_task(task, args) -> None:
         task.info["datafree_opt"] = rec["last"]  # filled when the model is quantized
 
 
-def pack_quantize(args, params, *, onnx_model=None, channel_axis: int | None = None):
-    """``paper-repro pack --recipe``: the repaired quantization of ``params`` for the model
-    named by ``args`` (registry, digits_cnn, or ``onnx_model``). Returns
-    ``(new_params, report, meta)``; ``meta`` records the recipe and the per-layer widths."""
+def pack_wiring(args, params, *, onnx_model=None) -> Wiring:
+    """The traced graph and input statistics of the model ``paper-repro pack`` was given
+    (registry model, digits_cnn, or ``onnx_model``)."""
     if onnx_model is not None:
         graph = G.from_onnx(onnx_model)
         stats = input_statistics(getattr(args, "preprocess", None))
@@ -1324,7 +1408,14 @@ def pack_quantize(args, params, *, onnx_model=None, channel_axis: int | None = N
         graph = G.trace(models.make_apply(spec), params, (1, size, size, 3))
         stats = input_statistics(spec.preprocess_mode)
         mode = spec.preprocess_mode
-    wiring = Wiring(graph, *stats, preprocess=mode)
+    return Wiring(graph, *stats, preprocess=mode)
+
+
+def pack_quantize(args, params, *, onnx_model=None, channel_axis: int | None = None):
+    """``paper-repro pack --recipe``: the repaired quantization of ``params`` for the model
+    named by ``args`` (registry, digits_cnn, or ``onnx_model``). Returns
+    ``(new_params, report, meta)``; ``meta`` records the recipe and the per-layer widths."""
+    wiring = pack_wiring(args, params, onnx_model=onnx_model)
     pattern = re.compile(args.select)
     paths = [p for p, x in Q.tree_paths(params) if pattern.fullmatch(p) and np.ndim(x) > 0]
     if not paths:
