@@ -110,7 +110,8 @@ MAGIC_4 = b"PRQPACK4"  # format 4: format 3 plus constant ("fill") leaves
 LEGACY_MAGIC = b"PRQPACK1"  # formats 1 and 2: no checksum
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 FORMAT = "paper-repro-packed"
-FORMAT_VERSION = 4  # the newest this package reads; files without fill leaves stay format 3
+FORMAT_VERSION = 4  # the newest this package reads and writes
+PLAIN_FORMAT_VERSION = 3  # what a file without fill leaves is written as (byte for byte as before)
 _MAGICS = {3: MAGIC, 4: MAGIC_4}
 FILL_MIN_NBYTES = 16  # a constant array of more bytes than this is stored as one number
 SUFFIX = ".prq"
@@ -821,7 +822,7 @@ def _layout(params, report: Sequence[Mapping], *, meta, symmetric_codebook: bool
             "r": float(row["r"]) if "r" in row else None,
             "codebook": codebook, "codes": code,
         })
-    version = 4 if any(e["kind"] == "fill" for e in leaves) else 3
+    version = FORMAT_VERSION if any(e["kind"] == "fill" for e in leaves) else PLAIN_FORMAT_VERSION
     header = {"format": FORMAT, "format_version": version,
               "package_version": __version__, "meta": dict(meta or {}), "leaves": leaves}
     return header, chunks, offset

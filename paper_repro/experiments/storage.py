@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from paper_repro.core.storage import (
-    FORMAT_VERSION,
+    PLAIN_FORMAT_VERSION,
     SUFFIX,
     code_entropy_bits,
     load_packed,
@@ -68,7 +68,7 @@ def default_config(smoke: bool = False) -> dict:
         "bits": [5] if smoke else list(range(2, 9)),
         "granularities": ["tensor", "channel"],
         "fit": "corr", "select": r".*kernel", "method": "histogram",
-        "symmetric_codebook": True, "format_version": FORMAT_VERSION,
+        "symmetric_codebook": True, "format_version": PLAIN_FORMAT_VERSION,
         "codings": ["fixed", "ans"],
     }
 
