@@ -333,7 +333,7 @@ def small_packed(coding="fixed"):
 def regions(packed):
     """Byte ranges of a packed file by class: magic, header length, header JSON, checksum, and
     each payload blob (``codebook``, ``model``, ``codes``, ``array:<path>``)."""
-    H = len(packed.header_bytes())
+    H = len(packed.stored_header())
     start = S._PREFIX + H
     out = {"magic": range(0, 8), "header_length": range(8, 12),
            "header_json": range(12, start)}
@@ -940,3 +940,39 @@ def test_constant_leaves_are_stored_as_one_number(tmp_path):
     h = copy.deepcopy(filled.header)
     del h["leaves"][gi]["value"]
     assert "lacks 'value'" in refused(S.PackedModel(header=h, data=filled.data).to_bytes(), f)
+
+
+def test_format_4_header_is_compressed_and_checked(tmp_path):
+    """Format 4 stores the header zlib-compressed: smaller, and every damage - a flipped byte
+    anywhere, a header that is plain JSON, not one zlib stream, or inflates past 64 MiB - is
+    refused in one line."""
+    import hashlib
+    import zlib
+
+    params, _, _ = small_packed()
+    params["bn"] = {"gamma": np.ones(64, np.float32), "mean": np.zeros(64, np.float32)}
+    _, report = Q.quantize_tree(params, scheme="exponential", bits=4, fit="max",
+                                granularity="channel", select=r"fc/kernel")
+    packed = S.pack_tree(params, report, fill=True)
+    blob = packed.to_bytes()
+    assert blob[:8] == S.MAGIC_4 and len(packed.stored_header()) < len(packed.header_bytes())
+    assert zlib.decompress(packed.stored_header()) == packed.header_bytes()
+    f = tmp_path / "m.prq"
+    S.save_packed(f, packed)
+    assert S.trees_equal(S.load_packed(f)[0], S.unpack_tree(packed))
+    for pos in range(len(blob)):
+        bad = bytearray(blob)
+        bad[pos] ^= 0x10
+        refused(bytes(bad), f)
+
+    def sealed(header_raw: bytes, data: bytes = packed.data) -> bytes:
+        body = S.MAGIC_4 + len(header_raw).to_bytes(4, "little") + header_raw + data
+        return body + hashlib.sha256(body).digest()
+
+    raw = packed.header_bytes()
+    assert "does not inflate" in refused(sealed(raw), f)
+    assert "one zlib stream" in refused(sealed(zlib.compress(raw) + b"\0"), f)
+    bomb = zlib.compress(b" " * (S.MAX_HEADER_BYTES + 1), 9)
+    assert "one zlib stream" in refused(sealed(bomb), f)
+    f.write_bytes(sealed(packed.stored_header()))  # the same bytes, sealed by hand: accepted
+    assert S.load_packed(f)[1]["format_version"] == 4

@@ -13,7 +13,8 @@ back and checked bit for bit against the quantized weights before the command su
 ``--compact`` folds each batch norm into the per-channel codebooks of the layer it follows
 (:func:`paper_repro.feedforward.repairs.fold_into_codebooks`: the same network up to float32
 rounding, the codes mirrored where a scale is negative) and stores the identity batch norms
-this leaves as one number per array (format 4): three float32 numbers fewer per channel. The
+this leaves as one number per array, with the header zlib-compressed (format 4): three
+float32 numbers fewer per channel. The
 file then holds the folded parameterization (``paper-repro unpack`` gives folded kernels).
 
 Every model ``paper-repro evaluate`` accepts can be packed: the registry models (weights
@@ -81,8 +82,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "instead of bit-packing them")
     p.add_argument("--compact", action="store_true",
                    help="fold each batch norm into the per-channel codebooks of the layer it "
-                        "follows and store the constant leaves this leaves as one number "
-                        "(format 4): the same network in a smaller file")
+                        "follows, store the constant leaves this leaves as one number and "
+                        "compress the header (format 4): the same network in a smaller file")
     p.add_argument("--preprocess", default=None, choices=imagenet.PREPROCESS_MODES,
                    help="ONNX models only: the input preprocessing, recorded in the header")
     repairs.add_recipe_argument(p)

@@ -20,12 +20,12 @@ Container (``.prq`` files, :func:`save_packed` / :func:`load_packed`), format 3,
 
     offset 0          8 bytes  magic b"PRQPACK3"
     offset 8          4 bytes  uint32 H, the header length (2 <= H <= 64 MiB)
-    offset 12         H bytes  header, UTF-8 JSON (compact)
+    offset 12         H bytes  header, UTF-8 JSON (compact; format 4: zlib-compressed)
     offset 12 + H     D bytes  data: the blobs back to back, in header order (no padding)
     offset 12 + H + D 32 bytes SHA-256 of every byte before it (magic, length, header, data)
 
 Every load (:meth:`PackedModel.from_bytes`) checks, before using anything: the magic, the
-header length, the checksum, then every header field (all keys present with the right types,
+header length, the checksum, the header's inflation (format 4), then every header field (all keys present with the right types,
 known dtypes and schemes, ``bits`` within the scheme's range, ``n_levels`` equal to the
 scheme's level count, channel axes within the rank, codebook and code sizes equal to what the
 shapes imply, blobs tiling the data section exactly: offsets inside the file and never
@@ -59,7 +59,8 @@ parameter tree (a nested dict, e.g. ``{layer: {var: array}}``) in the tree's ord
 - constant (format 4 only, written with ``fill=True``): ``{"keys", "kind": "fill", "shape",
   "dtype", "value"}``, every element equal to ``value`` (a JSON bool, int, or finite number
   exactly representable in ``dtype``); no data blob. A format-4 file has the magic
-  ``b"PRQPACK4"`` and is otherwise laid out and checked like format 3.
+  ``b"PRQPACK4"``, its header is the same JSON zlib-compressed (inflated to at most 64 MiB,
+  one stream, nothing after it), and it is otherwise laid out and checked like format 3.
 - kept in float: ``{"keys", "kind": "array", "shape", "dtype", "offset", "nbytes"}``, the raw
   C-order little-endian bytes of the array as it was (biases, batch-norm statistics,
   unselected leaves). ``dtype`` is a name: bool, (u)int8..64, float16, bfloat16, float32,
@@ -414,17 +415,22 @@ class PackedModel:
     source: str = dataclasses.field(default="packed model", compare=False)
 
     def header_bytes(self) -> bytes:
+        """The header as compact UTF-8 JSON."""
         return json.dumps(self.header, separators=(",", ":")).encode("utf8")
 
+    def stored_header(self) -> bytes:
+        """The header as the file stores it: the JSON (format 3), zlib-compressed (format 4)."""
+        return _stored_header(self.header)
+
     def to_bytes(self) -> bytes:
-        h = self.header_bytes()
+        h = self.stored_header()
         magic = _MAGICS.get(self.header.get("format_version"), MAGIC)
         body = magic + struct.pack("<I", len(h)) + h + self.data
         return body + hashlib.sha256(body).digest()
 
     def file_nbytes(self) -> int:
         """Length of :meth:`to_bytes` without building it."""
-        return _PREFIX + len(self.header_bytes()) + len(self.data) + CHECKSUM_BYTES
+        return _PREFIX + len(self.stored_header()) + len(self.data) + CHECKSUM_BYTES
 
     @classmethod
     def from_bytes(cls, blob: bytes, *, source: str = "packed model",
@@ -460,7 +466,8 @@ class PackedModel:
         if hashlib.sha256(body).digest() != digest:
             raise _Corrupt("SHA-256 checksum mismatch (the file was changed or truncated after "
                            "it was written)")
-        header = _parse_header(blob[_PREFIX:_PREFIX + n])
+        raw = blob[_PREFIX:_PREFIX + n]
+        header = _parse_header(_inflate(raw) if version >= 4 else raw)
         data = blob[_PREFIX + n:-CHECKSUM_BYTES]
         _validate(header, len(data), versions=(version,))
         return cls(header=header, data=data, source=source)
@@ -485,6 +492,24 @@ class PackedModel:
             raise ValueError(f"{source}: corrupt packed model (format 1-2): {_one_line(e)}") \
                 from None
         return cls(header=header, data=data, source=source)
+
+
+def _stored_header(header: Mapping) -> bytes:
+    raw = json.dumps(header, separators=(",", ":")).encode("utf8")
+    return zlib.compress(raw, 9) if header.get("format_version") == 4 else raw
+
+
+def _inflate(raw: bytes) -> bytes:
+    """A format-4 header: zlib data of at most :data:`MAX_HEADER_BYTES` once inflated."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(raw, MAX_HEADER_BYTES)
+    except zlib.error as e:
+        raise _Corrupt(f"header does not inflate ({e})") from None
+    if d.unconsumed_tail or not d.eof or d.unused_data:
+        raise _Corrupt("header is not one zlib stream of at most "
+                       f"{MAX_HEADER_BYTES >> 20} MiB inflated")
+    return out
 
 
 def _parse_header(raw: bytes) -> dict:
@@ -1078,7 +1103,7 @@ def _accounting(header: Mapping, data_nbytes: int) -> dict:
             rows += 1 if e["granularity"] != "channel" else e["shape"][e["channel_axis"]]
             code_bits_total += size * e["codes"]["bits"]
     codes += model
-    head = (_PREFIX + len(json.dumps(header, separators=(",", ":")).encode("utf8"))
+    head = (_PREFIX + len(_stored_header(header))
             + (CHECKSUM_BYTES if header["format_version"] >= 3 else 0))
     total = codes + book + kept + head
     if total != head + data_nbytes:
