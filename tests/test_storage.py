@@ -257,6 +257,15 @@ def test_pack_compact_folds_batch_norms_into_codebooks(tmp_path, capsys):
     x = jax.random.uniform(jax.random.key(0), (2, 224, 224, 3), minval=-1, maxval=1)
     ya, yb = np.asarray(apply(pa, x)), np.asarray(apply(pb, x))
     assert np.abs(yb - ya).max() <= 1e-4 * np.abs(ya).max()
+    # unpack describes and writes a format-4 file like any other
+    f = tmp_path / "compact.prq"
+    assert cli.main(["unpack", str(f), "--json", "--out", str(tmp_path / "deq.h5")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    fills = [r for r in info["leaves"] if r["kind"] == "fill"]
+    assert len(fills) == b["fill_leaves"] and all(r["bytes"] == 0 for r in fills)
+    assert S.trees_equal(W.load("mobilenet", tmp_path / "deq.h5", alpha=0.25), pb)
+    assert cli.main(["unpack", str(f)]) == 0
+    assert "conv1_bn/gamma" in capsys.readouterr().out
 
 
 def test_storage_experiment_needs_real_weights_and_its_smoke_run_is_synthetic():

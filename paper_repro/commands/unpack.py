@@ -95,6 +95,8 @@ def run(args) -> int:
             what = (f"{r['scheme']} {r['bits']}b {r['granularity']} L={r['n_levels']} "
                     f"{r['coding']}")
             what += f" r={r['r']:.4f}" if r["r"] is not None else ""
+        elif r["kind"] == "fill":
+            what = f"{r['dtype']} constant {r['value']!r}"
         else:
             what = f"{r['dtype']} kept"
         print(f"  {r['path']:<{width}}  {str(tuple(r['shape'])):<20} {what}")

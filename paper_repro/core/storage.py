@@ -1172,6 +1172,8 @@ def describe(packed: PackedModel) -> dict:
                        codes_bytes=e["codes"]["nbytes"] + e["codes"].get(
                            "model", {"nbytes": 0})["nbytes"],
                        codebook_bytes=e["codebook"]["nbytes"])
+        elif e["kind"] == "fill":
+            row.update(value=e["value"], bytes=0)
         else:
             row["bytes"] = e["nbytes"]
         rows.append(row)
