@@ -112,7 +112,7 @@ LEGACY_MAGIC = b"PRQPACK1"  # formats 1 and 2: no checksum
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 FORMAT = "paper-repro-packed"
 FORMAT_VERSION = 4  # the newest this package reads and writes
-PLAIN_FORMAT_VERSION = 3  # what a file without fill leaves is written as (byte for byte as before)
+PLAIN_FORMAT_VERSION = 3  # what pack_tree writes without fill=True (byte for byte as before)
 _MAGICS = {3: MAGIC, 4: MAGIC_4}
 FILL_MIN_NBYTES = 16  # a constant array of more bytes than this is stored as one number
 SUFFIX = ".prq"
@@ -847,7 +847,7 @@ def _layout(params, report: Sequence[Mapping], *, meta, symmetric_codebook: bool
             "r": float(row["r"]) if "r" in row else None,
             "codebook": codebook, "codes": code,
         })
-    version = FORMAT_VERSION if any(e["kind"] == "fill" for e in leaves) else PLAIN_FORMAT_VERSION
+    version = FORMAT_VERSION if fill else PLAIN_FORMAT_VERSION
     header = {"format": FORMAT, "format_version": version,
               "package_version": __version__, "meta": dict(meta or {}), "leaves": leaves}
     return header, chunks, offset
@@ -867,10 +867,10 @@ def pack_tree(params, report: Sequence[Mapping], *, meta: Mapping | None = None,
       symmetric_codebook: store codebooks as parameters / positive halves where that is exact
         (``False``: every level).
       coding: ``"fixed"`` (bit-packed codes) or ``"ans"`` (entropy-coded codes).
-      fill: store each constant array of more than :data:`FILL_MIN_NBYTES` bytes (every
-        element the same bits) as one number, a ``"fill"`` leaf of format 4 (e.g. the identity
-        batch norms :func:`paper_repro.feedforward.repairs.fold_into_codebooks` leaves); the
-        file is format 4 if any leaf is one, else format 3.
+      fill: write format 4: each constant array of more than :data:`FILL_MIN_NBYTES` bytes
+        (every element the same bits) stored as one number, a ``"fill"`` leaf (e.g. the
+        identity batch norms :func:`paper_repro.feedforward.repairs.fold_into_codebooks`
+        leaves), and the header zlib-compressed. ``False``: format 3.
     Returns:
       A :class:`PackedModel`; :func:`unpack_tree` gives back the quantized tree bit for bit.
     """

@@ -17,8 +17,10 @@ correlation still ranks the drops after the repairs.
 Per row: top-1 / top-5, the drop against float on the same images with its 95 % paired
 bootstrap interval and McNemar's p, and the size of the packed file the configuration gives
 (:func:`paper_repro.core.storage.packed_nbytes`: the bytes :func:`~paper_repro.core.storage.
-pack_tree` writes, header and codebooks included) with fixed-width codes and with ANS-coded
-codes, beside the codes' empirical entropy (the limit an entropy coder can reach). No real
+pack_tree` writes, header and codebooks included) with fixed-width codes, with ANS-coded
+codes, and ANS-coded in the compact form of ``pack --compact`` (batch norms folded into the
+codebooks, constants as one number, compressed header), beside the codes' empirical entropy
+(the limit an entropy coder can reach). No real
 image touches the quantization: the images are only used to measure accuracy.
 """
 
@@ -33,16 +35,27 @@ from paper_repro.experiments.sweeps import arrays_rows, rows_arrays
 
 RECIPE_NAMES = ("datafree", "datafree-opt")
 MODELS = ("digits_cnn", "mobilenet_0.75", "shufflenet_v2_x0.5")
+# the packed files sized per row: fixed-width codes, ANS codes, ANS + `pack --compact`
+FILES = ("fixed", "ans", "compact")
+
+
+def _packed_format() -> int:
+    """The packed-file format the compact sizes are of (a new format re-sizes them)."""
+    from paper_repro.core import storage
+
+    return storage.FORMAT_VERSION
 
 
 def _config(smoke: bool) -> dict:
     if smoke:
         return {"models": ["digits_cnn"], "recipes": list(RECIPE_NAMES), "avg_bits": [3.0],
-                "schemes": ["exponential"]}
+                "schemes": ["exponential"], "files": list(FILES),
+                "packed_format": _packed_format()}
     # "linear": the same recipes with linear levels, to see which levels win once the
     # rounding is optimized (the named recipes use exponential levels)
     return {"models": list(MODELS), "recipes": list(RECIPE_NAMES), "avg_bits": [5.0, 4.0, 3.0],
-            "policy": "crop", "schemes": ["exponential", "linear"]}
+            "policy": "crop", "schemes": ["exponential", "linear"], "files": list(FILES),
+            "packed_format": _packed_format()}
 
 
 def _task(model: str, ctx: Context):
@@ -111,6 +124,13 @@ def recipe_row(task, recipe_name: str, avg_bits: float, float_res, *, progress: 
         row[f"{coding}_ratio"] = float(sizes["ratio"])
         row[f"{coding}_code_bits_per_weight"] = float(sizes["code_bits_per_weight"])
     row["float_bytes"] = int(sizes["float_bytes"])
+    # what `pack --entropy-coding --compact` writes: batch norms folded into the codebooks,
+    # constant leaves as one number, compressed header (format 4); the same network
+    folded, frep, _ = repairs.fold_into_codebooks(repairs.attach_task(task).graph, qparams,
+                                                  report)
+    sizes = storage.packed_nbytes(folded, frep, coding="ans", fill=True)
+    row["compact_bytes"] = int(sizes["packed_bytes"])
+    row["compact_ratio"] = float(sizes["ratio"])
     return row
 
 
@@ -134,7 +154,8 @@ def _compute(config: dict, ctx: Context) -> dict:
 def markdown_table(rows: list[dict]) -> str:
     """One line per network, recipe and average width."""
     out = ["| network | recipe | levels | avg bits | top-1 | drop [95% CI] | McNemar p | "
-           "file ratio, fixed / ANS | ANS bits per weight (entropy) | predicted noise |",
+           "file ratio, fixed / ANS / ANS + compact | ANS bits per weight (entropy) | "
+           "predicted noise |",
            "|" + "---|" * 10]
     for r in rows:
         if r["recipe"] == "float":
@@ -144,7 +165,8 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {r['model']} | {r['recipe']} | {r.get('scheme', 'exponential')} | "
             f"{r['avg_bits']:g} | {r['top1']:.2f} | "
             f"{r['top1_drop']:+.2f} [{r['top1_drop_low']:+.2f}, {r['top1_drop_high']:+.2f}] | "
-            f"{r['top1_mcnemar_p']:.2g} | {r['fixed_ratio']:.2f}x / {r['ans_ratio']:.2f}x | "
+            f"{r['top1_mcnemar_p']:.2g} | {r['fixed_ratio']:.2f}x / {r['ans_ratio']:.2f}x / "
+            f"{r['compact_ratio']:.2f}x | "
             f"{r['ans_code_bits_per_weight']:.2f} ({r['code_entropy_bits']:.2f}) | "
             f"{r['noise_sum']:.3g} |")
     return "\n".join(out) + "\n"
