@@ -98,7 +98,7 @@ def recipe_row(task, recipe_name: str, avg_bits: float, float_res, *, progress: 
                model: str | None = None, scheme: str | None = None) -> dict:
     """Quantize ``task``'s network with a named recipe at ``avg_bits`` (``scheme``: another
     level family than the recipe's), evaluate it against ``float_res`` and size its packed
-    files (fixed-width and ANS-coded codes)."""
+    files (fixed-width codes, ANS-coded codes, and ANS-coded as ``pack --compact`` writes)."""
     from paper_repro.core import entropy, storage
     from paper_repro.feedforward import repairs
     from paper_repro.feedforward import sweep as E

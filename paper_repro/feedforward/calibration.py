@@ -801,16 +801,17 @@ def learn_rounding(graph: G.Graph, params_float, params_q, report: list[dict], i
                     shift = repairs.layer_shifts(graph, vf_np, vq_k, {
                         node.name: moments[node.inputs[0]].mean})[node.name]
                 sink = _sink(graph, node, vq)
-                kind, spath = sink if sink is not None else ("none", "")
-                if kind == "none":  # no bias, batch norm or creatable bias: left as is
+                if sink is None:  # no bias, batch norm or creatable bias: left as is
                     info["shift_absorbed"] = False
-                elif kind == "new":
-                    changed[spath] = (-shift).astype(np.float32)
                 else:
-                    cur = np.asarray(orig[spath]) if spath not in changed else changed[spath]
-                    val = cur.astype(np.float64) + (shift if kind == "bn" else -shift)
-                    changed[spath] = val.astype(cur.dtype)
-                if kind != "none":
+                    kind, spath = sink
+                    if kind == "new":
+                        changed[spath] = (-shift).astype(np.float32)
+                    else:
+                        cur = np.asarray(orig[spath]) if spath not in changed else \
+                            changed[spath]
+                        val = cur.astype(np.float64) + (shift if kind == "bn" else -shift)
+                        changed[spath] = val.astype(cur.dtype)
                     vq[spath] = jnp.asarray(changed[spath])
                 info["max_abs_shift"] = float(np.abs(shift).max())
             new_report[path] = {**row, "codes": jnp.asarray(codes),

@@ -743,17 +743,24 @@ def fold_bn(graph: G.Graph, params) -> dict:
         w = _np(values[path])
         w2, back = _out_channels(layer, path, w)
         _set(new, path, back(w2 * a).astype(np.asarray(values[path]).dtype))
-        if layer.bias is not None:
-            b = _np(values[layer.bias])
-            c = c + a * b
-            _set(new, layer.bias, np.zeros_like(np.asarray(values[layer.bias])))
-        n = a.shape[0]
-        _set(new, bv["mean"], np.zeros(n, np.float32))
-        _set(new, bv["var"], np.full(n, 1.0 - eps, np.float32))
-        if "gamma" in bv and bv["gamma"] in values:
-            _set(new, bv["gamma"], np.ones(n, np.float32))
-        _set(new, bv["beta"], c.astype(np.float32))
+        _identity_bn(new, values, layer, bn, a, c)
     return new
+
+
+def _identity_bn(new, values, layer: G.Node, bn: G.Node, a, c) -> None:
+    """After ``bn``'s scale ``a`` went into ``layer``'s kernel: ``bn`` becomes the identity
+    plus the offset ``c`` (plus ``a`` times the layer's bias, which becomes zero) in ``new``:
+    ``mean = 0``, ``var = 1 - eps``, ``gamma = 1``, ``beta`` the offset."""
+    bv = bn_vars(bn)
+    if layer.bias is not None:
+        c = c + a * _np(values[layer.bias])
+        _set(new, layer.bias, np.zeros_like(np.asarray(values[layer.bias])))
+    n = a.shape[0]
+    _set(new, bv["mean"], np.zeros(n, np.float32))
+    _set(new, bv["var"], np.full(n, 1.0 - bn.attrs["eps"], np.float32))
+    if "gamma" in bv and bv["gamma"] in values:
+        _set(new, bv["gamma"], np.ones(n, np.float32))
+    _set(new, bv["beta"], c.astype(np.float32))
 
 
 def fold_into_codebooks(graph: G.Graph, params_q, report: Sequence[Mapping]
@@ -825,15 +832,7 @@ def fold_into_codebooks(graph: G.Graph, params_q, report: Sequence[Mapping]
         if not np.allclose(got, want * a, rtol=1e-5, atol=1e-6 * np.abs(want * a).max()):
             continue  # the codebook rows are not the batch norm's channels
         _set(new, path, w2)
-        if layer.bias is not None:
-            c = c + a * _np(values[layer.bias])
-            _set(new, layer.bias, np.zeros_like(np.asarray(values[layer.bias])))
-        n = a.shape[0]
-        _set(new, bv["mean"], np.zeros(n, np.float32))
-        _set(new, bv["var"], np.full(n, 1.0 - eps, np.float32))
-        if "gamma" in bv and bv["gamma"] in values:
-            _set(new, bv["gamma"], np.ones(n, np.float32))
-        _set(new, bv["beta"], c.astype(np.float32))
+        _identity_bn(new, values, layer, bn, a, c)
         rows[path] = {**row, "codes": jnp.asarray(codes2), "quantizer": q2,
                       "r": float(corr_mod.sample_r(jnp.asarray(want * a, jnp.float32),
                                                    jnp.asarray(got, jnp.float32)))}
