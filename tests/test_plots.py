@@ -110,7 +110,7 @@ def assert_style(line, *, scheme, fit=None, granularity=None, bits=None, bits_ra
 
 def test_style_dicts_one_entry_per_scheme_fit_granularity():
     schemes = ("linear", "linear_midrise", "exponential", "exponential_nozero", "pow2",
-               "lloyd_max", "sign", "ternary", "float", "qwix")
+               "lloyd_max", "sign", "ternary", "float", "qwix", "exponential+lloyd_max")
     cols = [rgba(S.SCHEME_COLORS[s]) for s in schemes]
     assert len({c for c in cols}) == len(schemes)  # every scheme its own colour
     assert S.FIT_LINESTYLES["corr"] == "-" and S.FIT_LINESTYLES["max"] == "--"

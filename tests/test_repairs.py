@@ -420,6 +420,79 @@ def test_allocate_bits_respects_budget_and_prefers_noisy_layers():
         C.allocate_bits(costs, avg_bits=1.0)
 
 
+def test_allocate_chooses_a_level_family_per_layer():
+    """Options of two families: a layer takes the family with less noise per stored bit;
+    an option with more storage and no less noise than another is never taken; the budget
+    holds; one family alone gives what allocate_bits always gave."""
+    costs = []
+    for path, size in (("a", 1000), ("b", 1000)):
+        for b in range(2, 9):
+            # family "exp" is better on layer a, "lm" on layer b (lm stores 2^(b-1) levels)
+            good, bad = 4.0 ** -b, 3.0 * 4.0 ** -b
+            for fam, noise, books in (("exp", good if path == "a" else bad, 2),
+                                      ("lm", good if path == "b" else bad, 2 ** (b - 1))):
+                costs.append({"path": path, "bits": b, "size": size, "noise": noise,
+                              "scheme": fam, "storage_bits": size * b + 32 * books})
+    costs.append({"path": "a", "bits": 9, "size": 1000, "noise": 1.0, "scheme": "bad",
+                  "storage_bits": 1000 * 2 + 64})  # dominated: as cheap as exp 2b, noisier
+    for avg in (3.0, 4.0, 5.0):
+        pick = C.allocate(costs, avg_bits=avg)
+        assert pick["a"]["scheme"] == "exp" and pick["b"]["scheme"] == "lm"
+        assert sum(c["storage_bits"] for c in pick.values()) <= avg * 2000
+    one = [c for c in costs if c["scheme"] == "exp"]
+    assert C.allocate_bits(one, avg_bits=4.0) == {p: c["bits"] for p, c in
+                                                   C.allocate(one, avg_bits=4.0).items()}
+    with pytest.raises(ValueError, match="below the narrowest"):
+        C.allocate(costs, avg_bits=1.5)
+
+
+def test_quantize_model_with_a_family_per_layer(digits):
+    """families=: each layer is quantized with the family the allocation chose (its codebook
+    says so), the budget holds, and the predicted noise is no larger than with one family."""
+    from paper_repro.core import storage as S
+
+    paths = [f"{k}/kernel" for k in digits.params]
+    kw = dict(paths=paths, scheme="exponential", avg_bits=3.0, fit="corr",
+              granularity="channel", gain=True)
+    qp, rep, info = C.quantize_model(digits.params, families=("lloyd_max",), **kw)
+    assert set(info["schemes"]) == set(paths)
+    assert set(info["schemes"].values()) <= {"exponential", "lloyd_max"}
+    for r in rep:
+        assert r["quantizer"].scheme == info["schemes"][r["path"]]
+        assert r["bits"] == info["bits"][r["path"]]
+    assert [r["path"] for r in rep] == paths  # report in tree order, as one family gives
+    assert S.packed_nbytes(qp, rep)["code_bits_per_weight"] <= 3.0 + 1e-9
+    qp1, rep1, info1 = C.quantize_model(digits.params, **kw)
+    assert "schemes" not in info1
+    flat = dict(Q.tree_paths(digits.params))
+
+    def noise(report):
+        return sum(C.channel_noise(flat[r["path"]], Q.decode(r["codes"], r["quantizer"]),
+                                   channel_axis=r["quantizer"].channel_axis) for r in report)
+
+    assert noise(rep) < noise(rep1)  # Lloyd-Max levels win somewhere at 3 bits
+    with pytest.raises(ValueError, match="needs avg_bits"):
+        C.quantize_model(digits.params, paths=paths, scheme="exponential", bits=3,
+                         families=("lloyd_max",))
+    with pytest.raises(ValueError, match="unknown scheme"):
+        C.quantize_model(digits.params, families=("nope",), **kw)
+
+
+def test_families_flag_on_evaluate(capsys):
+    assert cli.main(["evaluate", "--model", "digits_cnn", "--scheme", "exponential",
+                     "--granularity", "channel", "--avg-bits", "3", "--families",
+                     "lloyd_max", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["families"] == ["lloyd_max"] and "|lloyd_max/" in out["label"]
+    assert cli.main(["evaluate", "--model", "digits_cnn", "--scheme", "exponential",
+                     "--bits", "3", "--families", "lloyd_max"]) == 2
+    assert "--families (a level family per layer) needs --avg-bits" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--model", "digits_cnn", "--scheme", "exponential",
+                  "--avg-bits", "3", "--families", "exponential,cubic"])
+    assert "expected comma-separated level families" in capsys.readouterr().err
+
+
 def test_quant_config_keys_unchanged_by_default():
     cfg = E.QuantConfig(scheme="linear", bits=4)
     assert not set(cfg.key()) & {"bias_correction", "avg_bits", "fold_bn", "equalize",
@@ -469,7 +542,7 @@ def test_recipe_on_evaluate_records_its_switches(capsys):
     assert out["recipe"] == "datafree"
     assert out["recipe_switches"].endswith("--avg-bits 3")
     for k, v in settings.items():
-        assert out[k] == v, k
+        assert out[k] == (list(v) if isinstance(v, tuple) else v), k
     assert out["avg_bits"] == 3.0 and out["top1"] > 80  # digits float: ~98
     # a switch the recipe sets, or a fixed width, is refused (one line, exit 2)
     assert cli.main(["evaluate", "--model", "digits_cnn", "--recipe", "datafree",
@@ -490,6 +563,7 @@ def test_recipe_on_pack_writes_the_repaired_weights(tmp_path, capsys, digits):
     loaded, meta = storage.load_packed(out)
     assert set(meta["layer_bits"]) == {"conv1/kernel", "conv2/kernel", "fc1/kernel",
                                        "dense/kernel"}
+    assert set(meta["layer_schemes"]) == set(meta["layer_bits"])  # a family per layer
     # the packed model is the recipe's model: same predictions as evaluating the recipe
     cfg = C.RECIPES["datafree"].config(avg_bits=3.0)
     qp, _ = E.quantize_params(digits.params, cfg)

@@ -5,7 +5,8 @@ names the flag and says what to do; :mod:`paper_repro.cli` prints it on one line
 code 2. Commands call these before any loading or evaluation starts, so a bad argument never
 costs a float evaluation first.
 
-- argparse types: :func:`positive_int`, :func:`finite_float`, :func:`positive_float`;
+- argparse types: :func:`positive_int`, :func:`finite_float`, :func:`positive_float`,
+  :func:`scheme_list`;
 - value checks: :func:`check_bits`, :func:`check_avg_bits`, :func:`check_regex`,
   :func:`check_file`, :func:`check_dir`;
 - flag bookkeeping: :func:`given` (which of some flags were set), :func:`refuse`
@@ -63,6 +64,20 @@ def positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
     return value
+
+
+def scheme_list(text: str) -> tuple[str, ...]:
+    """argparse type: comma-separated level families (``exponential,lloyd_max``), each one
+    of :data:`paper_repro.core.quantize.SCHEMES`."""
+    from paper_repro.core import quantize as Q
+
+    names = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+    bad = [x for x in names if x not in Q.SCHEMES]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated level families from {', '.join(Q.SCHEMES)}, got "
+            f"{text!r}")
+    return names
 
 
 # ----------------------------------------------------------------------------- value checks

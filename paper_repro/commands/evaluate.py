@@ -46,7 +46,7 @@ QUANT_FLAGS = {"bits": "--bits", "avg_bits": "--avg-bits", "fit": "--fit",
                "granularity": "--granularity", "gain": "--gain", "rounding": "--rounding",
                "select": "--select", "keep_float": "--keep-float",
                "bias_correction": "--bias-correction", "mean_preserving": "--mean-preserving",
-               "fold_bn": "--fold-bn", "equalize": "--equalize"}
+               "fold_bn": "--fold-bn", "equalize": "--equalize", "families": "--families"}
 # Flags of the ImageNet path (registry and ONNX models); digits_cnn brings its own images.
 DATA_FLAGS = {"data": "--data", "labels": "--labels", "policy": "--policy",
               "batch_size": "--batch-size"}
@@ -165,7 +165,10 @@ def check_args(args) -> None:
     if args.bits is not None:
         A.check_bits(args.scheme, args.bits, **knobs)
     else:
-        A.check_avg_bits(args.scheme, args.avg_bits, **knobs)
+        for s in dict.fromkeys((args.scheme, *(args.families or ()))):
+            A.check_avg_bits(s, args.avg_bits, **knobs)
+    if args.families and args.avg_bits is None:
+        raise ValueError("--families (a level family per layer) needs --avg-bits")
     A.check_regex(args.select, "--select")
     for pattern in args.keep_float:
         A.check_regex(pattern, "--keep-float")
@@ -203,7 +206,8 @@ def run(args) -> int:
                         select=args.select, keep_float=tuple(args.keep_float),
                         bias_correction=args.bias_correction,
                         mean_preserving=args.mean_preserving, fold_bn=args.fold_bn,
-                        equalize=args.equalize, avg_bits=args.avg_bits)
+                        equalize=args.equalize, avg_bits=args.avg_bits,
+                        families=tuple(args.families or ()))
     # Quantize (and evaluate) first: an error of the quantization itself (e.g. an --avg-bits
     # below what the codebooks allow) stops the command before the float evaluation.
     row, res = E.evaluate_config(task, cfg, limit=args.limit, per_class=args.per_class,

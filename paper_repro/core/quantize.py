@@ -911,7 +911,8 @@ def kurtosis(w) -> float:
 
 def quantize_tree(params, *, select: str = r".*kernel",
                   channel_axis: int | Callable[[str, Any], int] | None = None,
-                  scheme: str, bits: int | Mapping[str, int], **fit_kwargs):
+                  scheme: str | Mapping[str, str], bits: int | Mapping[str, int],
+                  **fit_kwargs):
     """Quantize every leaf of a pytree whose ``/``-joined path matches ``select``.
 
     Args:
@@ -919,7 +920,8 @@ def quantize_tree(params, *, select: str = r".*kernel",
       select: regular expression, matched in full against each leaf's path (``a/b/kernel``).
       channel_axis: for ``granularity="channel"``: an int, or ``f(path, leaf) -> int``;
         ``None`` uses :func:`default_channel_axis` (Keras layouts).
-      scheme: the level family; bits: an int, or a mapping path -> bits (mixed widths).
+      scheme: the level family, or a mapping path -> family (a family per layer);
+      bits: an int, or a mapping path -> bits (mixed widths).
       fit_kwargs: the other keyword arguments of :func:`fit`.
     Returns:
       ``(new_params, report)``: a new tree with the same structure (selected leaves replaced
@@ -939,13 +941,14 @@ def quantize_tree(params, *, select: str = r".*kernel",
     report = []
     for path, leaf in chosen:
         b = bits[path] if isinstance(bits, Mapping) else bits
+        s = scheme[path] if isinstance(scheme, Mapping) else scheme
         _check_finite(leaf, what=f"weights at {path!r}")
         if fit_kwargs.get("granularity") == "channel" and np.ndim(leaf) < 2:
             raise ValueError(f"weights at {path!r} have shape {np.shape(leaf)}: per-channel "
                              "quantization needs a channel axis and one more; select only "
                              "kernels (select=...) or use granularity='tensor'")
         w = jnp.asarray(leaf, jnp.float32)
-        q = fit(w, scheme=scheme, bits=int(b), channel_axis=axis_fn(path, leaf), **fit_kwargs)
+        q = fit(w, scheme=s, bits=int(b), channel_axis=axis_fn(path, leaf), **fit_kwargs)
         codes = encode(w, q)
         w_hat = decode(codes, q)
         new[path] = w_hat.astype(_out_dtype(leaf))

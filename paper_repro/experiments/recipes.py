@@ -4,13 +4,15 @@
 Keras ``.h5``; ShuffleNetV2 x0.5 from its ONNX file, batch norm folded) and each average width
 (5, 4, 3 bits), the two recipes of :data:`paper_repro.feedforward.repairs.RECIPES`:
 
-- ``datafree``: correlation-fitted exponential levels per output channel, per-layer widths
-  for the budget, mean-preserving codes, analytic bias correction on the traced graph;
+- ``datafree``: correlation-fitted levels per output channel, a width and a level family
+  (exponential or Lloyd-Max) per layer for the budget, mean-preserving codes, analytic bias
+  correction on the traced graph;
 - ``datafree-opt``: the same levels and widths, the rounding optimized on synthetic images
   (:mod:`paper_repro.feedforward.calibration`);
 
-and both again with linear levels in place of exponential ones (everything else equal), to
-see which family wins once the rounding is optimized. Each row also carries the predicted
+and both again with one family for every layer - exponential levels only, linear levels
+only (everything else equal) - to see what the choice of family per layer adds and which
+family wins once the rounding is optimized. Each row also carries the predicted
 output noise ``sum over layers (1 - r^2) / r^2`` and the mean ``r``, to check whether
 correlation still ranks the drops after the repairs.
 
@@ -46,15 +48,30 @@ def _packed_format() -> int:
     return storage.FORMAT_VERSION
 
 
+def _recipe_levels() -> dict:
+    """Each recipe's level families (a change of them recomputes the table)."""
+    from paper_repro.feedforward import repairs
+
+    return {name: levels_of(repairs.RECIPES[name].config(avg_bits=4.0))
+            for name in RECIPE_NAMES}
+
+
+def levels_of(cfg) -> str:
+    """The level families a configuration chooses among, ``+``-joined
+    (``exponential+lloyd_max``)."""
+    return "+".join(dict.fromkeys((cfg.scheme, *cfg.families)))
+
+
 def _config(smoke: bool) -> dict:
+    # "levels": "recipe" is the recipe as named (a family per layer); "exponential" and
+    # "linear" put one family on every layer, everything else equal
     if smoke:
         return {"models": ["digits_cnn"], "recipes": list(RECIPE_NAMES), "avg_bits": [3.0],
-                "schemes": ["exponential"], "files": list(FILES),
-                "packed_format": _packed_format()}
-    # "linear": the same recipes with linear levels, to see which levels win once the
-    # rounding is optimized (the named recipes use exponential levels)
+                "levels": ["recipe"], "recipe_levels": _recipe_levels(),
+                "files": list(FILES), "packed_format": _packed_format()}
     return {"models": list(MODELS), "recipes": list(RECIPE_NAMES), "avg_bits": [5.0, 4.0, 3.0],
-            "policy": "crop", "schemes": ["exponential", "linear"], "files": list(FILES),
+            "policy": "crop", "levels": ["recipe", "exponential", "linear"],
+            "recipe_levels": _recipe_levels(), "files": list(FILES),
             "packed_format": _packed_format()}
 
 
@@ -96,9 +113,10 @@ def _scores(res) -> dict:
 
 def recipe_row(task, recipe_name: str, avg_bits: float, float_res, *, progress: bool,
                model: str | None = None, scheme: str | None = None) -> dict:
-    """Quantize ``task``'s network with a named recipe at ``avg_bits`` (``scheme``: another
-    level family than the recipe's), evaluate it against ``float_res`` and size its packed
-    files (fixed-width codes, ANS-coded codes, and ANS-coded as ``pack --compact`` writes)."""
+    """Quantize ``task``'s network with a named recipe at ``avg_bits`` (``scheme``: one level
+    family for every layer instead of the recipe's choice per layer), evaluate it against
+    ``float_res`` and size its packed files (fixed-width codes, ANS-coded codes, and
+    ANS-coded as ``pack --compact`` writes)."""
     from paper_repro.core import entropy, storage
     from paper_repro.feedforward import repairs
     from paper_repro.feedforward import sweep as E
@@ -107,11 +125,12 @@ def recipe_row(task, recipe_name: str, avg_bits: float, float_res, *, progress: 
     t = _recipe_task(task, recipe, progress=progress)
     cfg = recipe.config(avg_bits=avg_bits)
     if scheme is not None:
-        cfg = dataclasses.replace(cfg, scheme=scheme)
+        cfg = dataclasses.replace(cfg, scheme=scheme, families=())
     qparams, report = E.quantize_params(t.params, cfg, channel_axis=t.channel_axis)
     res = E.evaluate_params(t, qparams, progress=False)
     row = {"model": model or task.info.get("model", task.name), "recipe": recipe_name,
-           "avg_bits": float(avg_bits), "scheme": cfg.scheme, "switches": recipe.flags(),
+           "avg_bits": float(avg_bits), "scheme": cfg.scheme, "levels": levels_of(cfg),
+           "switches": recipe.flags(),
            **_scores(res)}
     row.update(E.paired_drops(float_res, res))
     n_q = sum(r["size"] for r in report)
@@ -143,11 +162,12 @@ def _compute(config: dict, ctx: Context) -> dict:
         float_res = E.evaluate_params(task, task.params, progress=ctx.progress)
         rows.append({"model": model, "recipe": "float",
                      "avg_bits": 32.0, **_scores(float_res)})
-        for scheme in config.get("schemes", ["exponential"]):
+        for levels in config["levels"]:
             for recipe in config["recipes"]:
                 for b in config["avg_bits"]:
                     rows.append(recipe_row(task, recipe, b, float_res, progress=ctx.progress,
-                                           model=model, scheme=scheme))
+                                           model=model,
+                                           scheme=None if levels == "recipe" else levels))
     return rows_arrays(rows)
 
 
@@ -162,7 +182,7 @@ def markdown_table(rows: list[dict]) -> str:
             out.append(f"| {r['model']} | float | | 32 | {r['top1']:.2f} | | | 1 | | |")
             continue
         out.append(
-            f"| {r['model']} | {r['recipe']} | {r.get('scheme', 'exponential')} | "
+            f"| {r['model']} | {r['recipe']} | {r.get('levels', r.get('scheme'))} | "
             f"{r['avg_bits']:g} | {r['top1']:.2f} | "
             f"{r['top1_drop']:+.2f} [{r['top1_drop_low']:+.2f}, {r['top1_drop_high']:+.2f}] | "
             f"{r['top1_mcnemar_p']:.2g} | {r['fixed_ratio']:.2f}x / {r['ans_ratio']:.2f}x / "
@@ -172,11 +192,18 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _named_levels(recipe_name: str) -> str:
+    from paper_repro.feedforward import repairs
+
+    return levels_of(repairs.RECIPES[recipe_name].config(avg_bits=4.0))
+
+
 def plot_recipes(rows: list[dict]):
     """Top-1 drop against the real file's compression ratio, one panel per network: filled
     markers fixed-width codes, hollow markers the same models ANS-coded; each average width
     labelled once, above its fixed-width points. The
-    named recipes only (exponential levels); the linear variants are in the table."""
+    named recipes only (a level family per layer); the one-family variants are in the
+    table."""
     import matplotlib.pyplot as plt
 
 
@@ -185,7 +212,7 @@ def plot_recipes(rows: list[dict]):
     colors = {"datafree": "C0", "datafree-opt": "C3"}
     for ax, model in zip(axes[0], models, strict=True):
         q = [r for r in rows if r["model"] == model and r["recipe"] != "float"
-             and r.get("scheme", "exponential") == "exponential"]
+             and r.get("levels") == _named_levels(r["recipe"])]
         for name in RECIPE_NAMES:
             rr = sorted((r for r in q if r["recipe"] == name), key=lambda r: r["avg_bits"])
             if not rr:

@@ -40,6 +40,8 @@ SCHEME_COLORS: dict[str, str] = {
     "ternary": "tab:pink",
     "float": "black",
     "qwix": "tab:green",
+    # a family per layer, chosen by the allocation (the data-free recipes)
+    "exponential+lloyd_max": "indigo",
 }
 """Scheme -> colour. Unknown schemes raise (see :func:`scheme_color`)."""
 

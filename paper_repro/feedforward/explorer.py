@@ -581,8 +581,9 @@ def recipe_points(rows: Sequence[dict], *, model: str) -> list[dict]:
         if r.get("model") != model or r.get("recipe") in (None, "float") or \
                 r.get("top1_drop") is None or r.get("noise_sum") is None:
             continue
-        out.append({"label": f"{r['recipe']} {r['scheme']} avg {float(r['avg_bits']):g} bits",
-                    "group": r["recipe"], "scheme": r["scheme"], "fit": "corr",
+        levels = r.get("levels") or r["scheme"]
+        out.append({"label": f"{r['recipe']} {levels} avg {float(r['avg_bits']):g} bits",
+                    "group": r["recipe"], "scheme": levels, "fit": "corr",
                     "granularity": "channel", "bits": float(r["avg_bits"]),
                     "avg_bits": float(r["avg_bits"]), "top1": r.get("top1"),
                     "top1_drop": float(r["top1_drop"]), "r_mean": r.get("r_mean"),

@@ -1074,19 +1074,38 @@ def _path_costs(path, arr, choices, *, scheme, fit, granularity, gain, rounding,
 
 def allocate_bits(costs: list[dict], *, avg_bits: float) -> dict[str, int]:
     """Greedy bit allocation: ``{path: bits}`` with total storage (codes + codebooks) at most
-    ``avg_bits`` per quantized weight, minimizing the summed predicted noise.
+    ``avg_bits`` per quantized weight, minimizing the summed predicted noise
+    (:func:`allocate`, keeping only the widths)."""
+    return {p: c["bits"] for p, c in allocate(costs, avg_bits=avg_bits).items()}
 
-    Starts every layer at its cheapest width, then repeatedly takes the upgrade (to any wider
-    choice) with the largest noise reduction per extra stored bit that still fits.
-    Raises ``ValueError`` if even the narrowest widths do not fit.
+
+def _frontier(options: list[dict]) -> list[dict]:
+    """The options of one layer that no other beats: sorted by storage, each strictly less
+    noisy than every cheaper one (an option with at least the storage and at least the noise
+    of another is never worth taking)."""
+    out: list[dict] = []
+    for c in sorted(options, key=lambda c: (c["storage_bits"], c["noise"])):
+        if not out or c["noise"] < out[-1]["noise"]:
+            out.append(c)
+    return out
+
+
+def allocate(costs: list[dict], *, avg_bits: float) -> dict[str, dict]:
+    """Greedy allocation over each layer's options (rows of :func:`layer_costs`: a width,
+    and with ``"scheme"`` a level family too): ``{path: chosen row}`` with total storage
+    (codes + codebooks) at most ``avg_bits`` per quantized weight, minimizing the summed
+    predicted noise.
+
+    Each layer keeps only its undominated options (:func:`_frontier`), starts at its cheapest
+    one, and the upgrade with the largest noise reduction per extra stored bit that still fits
+    is taken until none fits. Raises ``ValueError`` if even the cheapest options do not fit.
     """
     by_path: dict[str, list[dict]] = {}
     for c in costs:
         by_path.setdefault(c["path"], []).append(c)
-    for v in by_path.values():
-        v.sort(key=lambda c: c["bits"])
+    by_path = {p: _frontier(v) for p, v in by_path.items()}
     budget = avg_bits * sum(v[0]["size"] for v in by_path.values())
-    cur = {p: min(v, key=lambda c: c["storage_bits"]) for p, v in by_path.items()}
+    cur = {p: v[0] for p, v in by_path.items()}
     used = sum(c["storage_bits"] for c in cur.values())
     if used > budget:
         raise ValueError(f"avg_bits={avg_bits} is below the narrowest allocation "
@@ -1107,10 +1126,21 @@ def allocate_bits(costs: list[dict], *, avg_bits: float) -> dict[str, int]:
         p, c = best
         used += c["storage_bits"] - cur[p]["storage_bits"]
         cur[p] = c
-    return {p: c["bits"] for p, c in cur.items()}
+    return cur
 
 
 # --- The whole pipeline -------------------------------------------------------------------------
+
+
+def _valid_width(scheme: str, bits: int, fit_kwargs: Mapping[str, Any]) -> bool:
+    """Whether ``scheme`` accepts ``bits`` with the fit settings in ``fit_kwargs``."""
+    try:
+        Q.check_args(scheme, int(bits), fit_kwargs.get("fit", "corr"),
+                     fit_kwargs.get("granularity", "tensor"), fit_kwargs.get("rounding",
+                                                                             "linear"))
+    except ValueError:
+        return False
+    return True
 
 
 def _wiring(params, graph, wiring) -> Wiring:
@@ -1135,7 +1165,8 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
                    bias_correction: bool = False, mean_preserving: bool = False,
                    graph: G.Graph | None = None, wiring: Wiring | None = None,
                    bn_stats: bool = True, bias_scope: str = "anchored",
-                   optimize: Any = None, **fit_kwargs) -> tuple[dict, list[dict], dict]:
+                   optimize: Any = None, families: Sequence[str] = (),
+                   **fit_kwargs) -> tuple[dict, list[dict], dict]:
     """Fold / equalize, allocate bits, quantize ``paths``, re-round, correct biases.
 
     Order: fold batch norms (``fold`` or ``equalize_ranges``) -> equalize -> choose per-layer
@@ -1143,7 +1174,11 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
     :func:`~paper_repro.core.quantize.quantize_tree` -> mean-preserving re-rounding -> bias
     correction against the (folded, equalized) float network. The graph and input statistics
     come from ``wiring``, else from :func:`attach` (``graph`` alone is accepted when it is
-    the attached one). ``bn_stats``: see :func:`propagate`; ``bias_scope``: see
+    the attached one). ``families``: with ``avg_bits``, other level families (scheme names)
+    the allocation may choose per layer besides ``scheme`` (each layer then gets the family
+    and width of least predicted noise per stored bit, :func:`allocate`;
+    ``info["schemes"]`` records the choice). ``bn_stats``: see :func:`propagate`;
+    ``bias_scope``: see
     :func:`bias_correct`. ``fit_kwargs`` go to
     :func:`~paper_repro.core.quantize.fit`. Returns ``(new_params, report, info)``; ``info``
     has the per-layer bits and, with correction, the largest absorbed shift.
@@ -1179,19 +1214,33 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
         if scales:
             info["equalize_scale_range"] = [float(min(s.min() for s in scales.values())),
                                             float(max(s.max() for s in scales.values()))]
+    schemes = list(dict.fromkeys((scheme, *families)))
+    qscheme: Any = scheme
     if avg_bits is not None:
         kw = {k: fit_kwargs[k] for k in ("fit", "granularity", "gain", "rounding", "method",
                                          "channel_axis") if k in fit_kwargs}
-        costs = layer_costs(ref, paths, choices=bits_choices, scheme=scheme, **kw)
-        bits_map = allocate_bits(costs, avg_bits=avg_bits)
-        info["bits"] = bits_map
-        qbits: Any = bits_map
+        costs = []
+        for s in schemes:
+            ok = [b for b in bits_choices if _valid_width(s, b, fit_kwargs)]
+            if not ok:  # the reason, in one line
+                Q.check_args(s, int(bits_choices[0]), fit_kwargs.get("fit", "corr"),
+                             fit_kwargs.get("granularity", "tensor"))
+            costs += [dict(c, scheme=s) for c in layer_costs(ref, paths, choices=ok, scheme=s,
+                                                             **kw)]
+        chosen = allocate(costs, avg_bits=avg_bits)
+        qbits: Any = {p: c["bits"] for p, c in chosen.items()}
+        info["bits"] = qbits
+        if len(schemes) > 1:
+            qscheme = {p: c["scheme"] for p, c in chosen.items()}
+            info["schemes"] = qscheme
     else:
         if bits is None:
             raise ValueError("give bits= or avg_bits=")
+        if len(schemes) > 1:
+            raise ValueError("families= (a level family per layer) needs avg_bits=")
         qbits = bits
     select = "|".join(re.escape(p) for p in paths)
-    qp, report = Q.quantize_tree(ref, select=select, scheme=scheme, bits=qbits, **fit_kwargs)
+    qp, report = Q.quantize_tree(ref, select=select, scheme=qscheme, bits=qbits, **fit_kwargs)
     if optimize is not None:
         from paper_repro.feedforward import calibration
 
@@ -1245,7 +1294,8 @@ class Recipe:
         out = []
         for k, v in self.settings.items():
             flag = "--" + k.replace("_", "-")
-            out.append(flag if v is True else f"{flag} {v}")
+            text = ",".join(v) if isinstance(v, (tuple, list)) else v
+            out.append(flag if v is True else f"{flag} {text}")
         if self.optimize is not None:
             out.append("+ optimized rounding (SQuant flips, synthetic images, learned rounding)")
         return " ".join(out) + " (with --avg-bits B)"
@@ -1269,10 +1319,12 @@ RECIPES: dict[str, Recipe] = {
     "datafree": Recipe(
         "datafree",
         {"scheme": "exponential", "fit": "corr", "granularity": "channel", "gain": True,
-         "mean_preserving": True, "bias_correction": True},
+         "families": ("lloyd_max",), "mean_preserving": True, "bias_correction": True},
         "levels fitted per output channel by correlation with a least-squares gain (each "
-        "channel is normalised on its own downstream, so its own codebook); widths per layer "
-        "for the average budget by predicted output noise; codes re-rounded so that every "
+        "channel is normalised on its own downstream, so its own codebook); for the average "
+        "budget each layer gets a width and a level family - exponential, or Lloyd-Max "
+        "(the levels of greatest correlation, one stored number per level) - by least "
+        "predicted output noise per stored bit, codebooks counted; codes re-rounded so that every "
         "channel keeps its weight sum; the remaining expected output shift of every layer "
         "whose expected input follows from known statistics (batch norms, the preprocessing) "
         "computed through the traced graph and absorbed into its bias or batch norm. "
@@ -1280,8 +1332,9 @@ RECIPES: dict[str, Recipe] = {
         "accuracy once quantized)."),
     "datafree-opt": Recipe(
         "datafree-opt",
-        {"scheme": "exponential", "fit": "corr", "granularity": "channel", "gain": True},
-        "the levels and per-layer widths of 'datafree'; only which of its two neighbouring "
+        {"scheme": "exponential", "fit": "corr", "granularity": "channel", "gain": True,
+         "families": ("lloyd_max",)},
+        "the levels, level families and per-layer widths of 'datafree'; only which of its two neighbouring "
         "levels each weight takes is optimized: SQuant flips (each kernel's and each output "
         "channel's accumulated rounding error within half a step), then images synthesized "
         "from the batch-norm statistics (or the traced graph's analytic moments) at the "
@@ -1300,7 +1353,7 @@ RECIPES: dict[str, Recipe] = {
 _FLAGS = {"scheme": "--scheme", "fit": "--fit", "granularity": "--granularity",
           "gain": "--gain", "rounding": "--rounding", "mean_preserving": "--mean-preserving",
           "bias_correction": "--bias-correction", "fold_bn": "--fold-bn",
-          "equalize": "--equalize"}
+          "equalize": "--equalize", "families": "--families"}
 
 
 def add_recipe_argument(parser) -> None:
@@ -1314,6 +1367,13 @@ def add_recipe_argument(parser) -> None:
         parser.add_argument("--avg-bits", type=float, default=None,
                             help="with --recipe: average bits per quantized weight (codes and "
                                  "codebooks); each layer's width is chosen for it")
+    from paper_repro.commands import _args
+
+    parser.add_argument("--families", type=_args.scheme_list, default=None,
+                        help="with --avg-bits: level families (comma-separated, e.g. "
+                             "exponential,lloyd_max) the allocation may choose among per layer, "
+                             "besides --scheme: each layer gets the family and width of least "
+                             "predicted noise per stored bit")
     parser.set_defaults(_recipe_defaults={a.dest: a.default for a in parser._actions})
 
 
@@ -1331,6 +1391,9 @@ def apply_recipe(args, *, command: str = "evaluate") -> None:
             if getattr(args, "avg_bits", None) is not None:
                 raise ValueError("--avg-bits is for --recipe (pack writes one width per "
                                  "layer only with a recipe); use --bits")
+            if getattr(args, "families", None):
+                raise ValueError("--families is for --recipe (pack chooses a family per "
+                                 "layer only with a recipe)")
             missing = [f for k, f in (("scheme", "--scheme"), ("bits", "--bits"))
                        if getattr(args, k, None) is None]
             if missing:
@@ -1432,9 +1495,12 @@ def pack_quantize(args, params, *, onnx_model=None, channel_axis: int | None = N
             args, "equalize", False)), bias_correction=bool(getattr(args, "bias_correction",
                                                                     False)),
         mean_preserving=bool(getattr(args, "mean_preserving", False)), wiring=wiring,
-        channel_axis=channel_axis, **kw)
+        channel_axis=channel_axis, families=tuple(getattr(args, "families", None) or ()),
+        **kw)
     meta = {**recipe_record(args), "avg_bits": float(args.avg_bits),
             "layer_bits": info.get("bits", {})}
+    if "schemes" in info:
+        meta["layer_schemes"] = info["schemes"]
     if "datafree_opt" in info:
         meta["datafree_opt"] = info["datafree_opt"]
     return new, report, meta

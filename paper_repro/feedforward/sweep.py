@@ -96,6 +96,8 @@ class QuantConfig:
     fold_bn: bool = False
     equalize: bool = False
     avg_bits: float | None = None
+    # with avg_bits: other level families the allocation may choose per layer (repairs.allocate)
+    families: tuple[str, ...] = ()
 
     def key(self) -> dict:
         """The config as a dict; the repair switches appear only when set (so the keys of
@@ -113,14 +115,15 @@ class QuantConfig:
         tags = "".join(f"+{t}" for k, t in (("fold_bn", "fold"), ("equalize", "eq"),
                                             ("mean_preserving", "mp"),
                                             ("bias_correction", "bc")) if getattr(self, k))
-        return f"{self.scheme}/{self.fit}/{self.granularity}/{b}{tags}"
+        levels = "|".join(dict.fromkeys((self.scheme, *self.families)))
+        return f"{levels}/{self.fit}/{self.granularity}/{b}{tags}"
 
     @property
     def repaired(self) -> bool:
         return any(getattr(self, k) != _REPAIR_DEFAULTS[k] for k in _REPAIRS)
 
 
-_REPAIRS = ("bias_correction", "mean_preserving", "fold_bn", "equalize", "avg_bits")
+_REPAIRS = ("bias_correction", "mean_preserving", "fold_bn", "equalize", "avg_bits", "families")
 _REPAIR_DEFAULTS = {k: QuantConfig.__dataclass_fields__[k].default for k in _REPAIRS}
 
 
@@ -214,6 +217,8 @@ def config_of(row: dict) -> QuantConfig:
     kw = {k: v for k, v in row.items() if k in names}
     kf = kw.get("keep_float", ())
     kw["keep_float"] = tuple(x for x in kf.split(",") if x) if isinstance(kf, str) else tuple(kf)
+    fam = kw.get("families", ())
+    kw["families"] = tuple(x for x in fam.split(",") if x) if isinstance(fam, str) else tuple(fam)
     return QuantConfig(**kw)
 
 
@@ -253,7 +258,7 @@ def quantize_params(params, cfg: QuantConfig, *, channel_axis: int | None = None
             avg_bits=cfg.avg_bits, fold=cfg.fold_bn, equalize_ranges=cfg.equalize,
             bias_correction=cfg.bias_correction, mean_preserving=cfg.mean_preserving,
             fit=cfg.fit, granularity=cfg.granularity, gain=cfg.gain, rounding=cfg.rounding,
-            method=cfg.method, channel_axis=channel_axis)
+            method=cfg.method, channel_axis=channel_axis, families=cfg.families)
         return qp, report
     return Q.quantize_tree(params, select=select, scheme=cfg.scheme, bits=cfg.bits, fit=cfg.fit,
                            granularity=cfg.granularity, gain=cfg.gain, rounding=cfg.rounding,
