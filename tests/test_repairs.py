@@ -483,7 +483,7 @@ def test_families_flag_on_evaluate(capsys):
                      "--granularity", "channel", "--avg-bits", "3", "--families",
                      "lloyd_max", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["families"] == ["lloyd_max"] and "|lloyd_max/" in out["label"]
+    assert out["families"] == ["lloyd_max"] and "exponential+lloyd_max/" in out["label"]
     assert cli.main(["evaluate", "--model", "digits_cnn", "--scheme", "exponential",
                      "--bits", "3", "--families", "lloyd_max"]) == 2
     assert "--families (a level family per layer) needs --avg-bits" in capsys.readouterr().err

@@ -115,7 +115,7 @@ class QuantConfig:
         tags = "".join(f"+{t}" for k, t in (("fold_bn", "fold"), ("equalize", "eq"),
                                             ("mean_preserving", "mp"),
                                             ("bias_correction", "bc")) if getattr(self, k))
-        levels = "|".join(dict.fromkeys((self.scheme, *self.families)))
+        levels = "+".join(dict.fromkeys((self.scheme, *self.families)))
         return f"{levels}/{self.fit}/{self.granularity}/{b}{tags}"
 
     @property
