@@ -282,3 +282,12 @@ def test_pack_datafree_opt_reads_back_as_evaluated(tmp_path, monkeypatch, capsys
     direct = json.loads(capsys.readouterr().out)
     assert direct["datafree_opt"]["cached"] is True
     assert from_file["top1"] == direct["top1"]
+    # the evaluation of the file says what it holds: the recipe, its width, its families
+    assert from_file["recipe"] == "datafree-opt" and from_file["avg_bits"] == 4.0
+    assert from_file["label"] == f"datafree-opt/{from_file['levels']}/avg4b (packed)"
+    assert set(from_file["levels"].split("+")) == {"exponential",
+                                                   *packed["meta"]["layer_schemes"].values()}
+    assert cli.main(["evaluate", "--model", "digits_cnn", "--weights", str(out),
+                     "--no-progress"]) == 0
+    assert f"digits_cnn datafree-opt/{from_file['levels']}/avg4b (packed): " in \
+        capsys.readouterr().out

@@ -220,16 +220,14 @@ def run(args) -> int:
     if packed is not None:
         for k in ("r_mean", "r_min", "noise_sum", "zero_fraction"):
             row.pop(k, None)  # the original weights are not in a packed file
-        row.update(packed)
-        row["label"] = (f"{packed['scheme']}/{packed['fit']}/{packed['granularity']}/"
-                        f"{packed['bits']}b (packed)")  # scheme, fit, bits, granularity and the file's real ratio
+        row.update(packed)  # how it was quantized, its label and the file's real ratio
         row.pop("packed", None)
     elif args.scheme is None:
         row.update({"scheme": None, "fit": None, "bits": 32, "granularity": None})
     if args.json:
         A.print_json(row)
     else:
-        print(f"{task.name} {cfg.label()}: {res}")
+        print(f"{task.name} {row['label'] if packed is not None else cfg.label()}: {res}")
         if float_res is not None:
             print(f"float: {float_res}")
             print(f"drop top-1 {row['top1_drop']:+.2f} points "

@@ -194,11 +194,7 @@ def load_packed_params(model, weights: str | os.PathLike, *,
         raise ValueError(f"{wpath} was packed for --preprocess {meta['preprocess']}, not "
                          f"{preprocess}")
     check_params(model, params, where=str(wpath))
-    sz = storage.sizes(storage.read_packed(wpath))
-    packed = {k: meta.get(k) for k in ("scheme", "fit", "bits", "granularity")}
-    packed.update(packed_file=wpath.name, compression_ratio=sz["ratio"],
-                  packed_bytes=sz["packed_bytes"], float_bytes=sz["float_bytes"])
-    return params, packed
+    return params, storage.packed_record(wpath, meta)
 
 
 def onnx_task(path: str | os.PathLike, *, preprocess: str, data: str | os.PathLike,

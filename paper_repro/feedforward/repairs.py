@@ -36,8 +36,9 @@ the model itself (Flax modules, any JAX function, ONNX graphs):
   (Nagel et al. 2019): channel ``c`` of the first kernel divided by ``s_c``, input channel
   ``c`` of the next multiplied by ``s_c``; exact through ReLU, and through ReLU6 only where
   worst-case interval bounds (:func:`output_bounds`) keep the channel below the clip.
-- :func:`allocate_bits`: per-layer bit widths for an average budget (codes plus codebook
-  parameters), chosen greedily to minimize the predicted relative output noise
+- :func:`allocate` / :func:`allocate_bits`: per-layer bit widths (and, given several level
+  families, each layer's family) for an average budget (codes plus codebook parameters),
+  chosen greedily to minimize the predicted relative output noise
   ``sum over layers (1 - r^2) / r^2``, with ``r`` measured per output channel and width
   (:func:`channel_noise`).
 - :data:`RECIPES`: the named data-free recipe (``--recipe datafree`` of ``paper-repro
@@ -48,16 +49,20 @@ the model itself (Flax modules, any JAX function, ONNX graphs):
 Measured with the recipe (``paper-repro evaluate ... --policy crop --recipe datafree
 --avg-bits B --json`` on the 1300-image validation sample; drop vs float on the same images):
 
-=============================================  =====  ======  ======  ===========
-network (float top-1)                          bits   top-1   drop    compression
-=============================================  =====  ======  ======  ===========
-MobileNet 0.75, Keras .h5 (78.08)              avg 5  78.00   0.08    5.98x
-MobileNet 0.75                                 avg 4  75.23   2.85    7.33x
-ShuffleNetV2 x0.5, ONNX, BN folded (71.23)     avg 5  70.00   1.23    6.37x
-ShuffleNetV2 x0.5                              avg 4  65.92   5.31    7.81x
-digits CNN, held-out 449 (98.66)               avg 4  98.22   0.45    7.66x
-digits CNN                                     avg 3  92.87   5.79    10.0x
-=============================================  =====  ======  ======  ===========
+=============================================  =====  ======  ======  ==========
+network (float top-1)                          bits   top-1   drop    file ratio
+=============================================  =====  ======  ======  ==========
+MobileNet 0.75, Keras .h5 (78.08)              avg 5  77.77   0.31    5.90x
+MobileNet 0.75                                 avg 4  75.31   2.77    7.22x
+MobileNet 0.75                                 avg 3  63.69   14.38   9.29x
+ShuffleNetV2 x0.5, ONNX, BN folded (71.23)     avg 5  69.46   1.77    6.08x
+ShuffleNetV2 x0.5                              avg 4  66.54   4.69    7.55x
+digits CNN, held-out 449 (98.66)               avg 4  97.77   0.89    5.65x
+digits CNN                                     avg 3  98.22   0.45    6.84x
+=============================================  =====  ======  ======  ==========
+
+(file ratio: float32 bytes over the bytes of the packed file ``paper-repro pack --recipe
+datafree`` writes, fixed-width codes; ``results/datafree/recipes/``.)
 
 ShuffleNetV2 is dominated by mean shifts (exponential 6 bits per channel with no repair:
 67.31; linear 8 bits: 70.69; exponential 8 bits: 71.23) and at 5 bits average by its

@@ -418,11 +418,7 @@ def digits_task(weights: str | os.PathLike | None = None) -> Task:
         params, meta = storage.load_packed(weights)
         if meta.get("model") != "digits_cnn":
             raise ValueError(f"{weights} holds {meta.get('model')}, not digits_cnn")
-        sz = storage.sizes(storage.read_packed(weights))
-        packed = {k: meta.get(k) for k in ("scheme", "fit", "bits", "granularity")}
-        packed.update(packed_file=Path(weights).name, compression_ratio=sz["ratio"],
-                      packed_bytes=sz["packed_bytes"], float_bytes=sz["float_bytes"])
-        info["packed"] = packed
+        info["packed"] = storage.packed_record(weights, meta)
     _, test = digits.load_data()
     return Task(name="digits_cnn", apply_fn=digits.apply, params=params, data=test,
                 preprocess_mode=digits.preprocess, info=info, batch_size=256)
@@ -451,10 +447,7 @@ def imagenet_task(model: str, *, weights: str | os.PathLike, data: str | os.Path
                 meta.get("alpha") is not None and meta.get("alpha") != spec.alpha):
             raise ValueError(f"{weights} holds {meta.get('model')} alpha={meta.get('alpha')}, "
                              f"not {spec.name} alpha={spec.alpha}")
-        sz = storage.sizes(storage.read_packed(weights))
-        packed = {k: meta.get(k) for k in ("scheme", "fit", "bits", "granularity")}
-        packed.update(packed_file=Path(weights).name, compression_ratio=sz["ratio"],
-                      packed_bytes=sz["packed_bytes"], float_bytes=sz["float_bytes"])
+        packed = storage.packed_record(weights, meta)
     else:
         params = W.load(spec, weights)
     source = imagenet.open_source(data, labels)
