@@ -307,7 +307,7 @@ def plot_correlation_vs_accuracy(rows: list[dict], fit: dict, *, title: str = ""
                         xytext=(5, -9), textcoords="offset points", zorder=6)
         ax.plot([], [], ls="none", marker=RECIPE_MARKERS.get(group, "X"), ms=8, mec="k",
                 color="0.8", label=f"recipe {group} (not fitted; label: average bits)")
-    schemes = list(dict.fromkeys(r["scheme"] for r in rows))
+    schemes = list(dict.fromkeys([r["scheme"] for r in rows] + [r["scheme"] for r in extra]))
     S.legend_for_styles(ax, schemes=schemes, fits=list(dict.fromkeys(r["fit"] for r in rows)),
                         granularities=[g for g in S.GRANULARITY_MARKERS
                                        if any(r.get("granularity") == g for r in rows)],

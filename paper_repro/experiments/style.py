@@ -41,7 +41,7 @@ SCHEME_COLORS: dict[str, str] = {
     "float": "black",
     "qwix": "tab:green",
     # a family per layer, chosen by the allocation (the data-free recipes)
-    "exponential+lloyd_max": "indigo",
+    "exponential+lloyd_max": "gold",
 }
 """Scheme -> colour. Unknown schemes raise (see :func:`scheme_color`)."""
 
