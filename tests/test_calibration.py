@@ -282,6 +282,13 @@ def test_pack_datafree_opt_reads_back_as_evaluated(tmp_path, monkeypatch, capsys
     direct = json.loads(capsys.readouterr().out)
     assert direct["datafree_opt"]["cached"] is True
     assert from_file["top1"] == direct["top1"]
+    # packing again (now from the cache) writes the same bytes: no timings in the header
+    again = tmp_path / "digits_opt_again.prq"
+    assert cli.main(["pack", "--model", "digits_cnn", "--recipe", "datafree-opt",
+                     "--avg-bits", "4", "--out", str(again), "--json"]) == 0
+    capsys.readouterr()
+    assert again.read_bytes() == out.read_bytes()
+    assert "seconds" not in json.dumps(packed["meta"]["datafree_opt"])
     # the evaluation of the file says what it holds: the recipe, its width, its families
     assert from_file["recipe"] == "datafree-opt" and from_file["avg_bits"] == 4.0
     assert from_file["label"] == f"datafree-opt/{from_file['levels']}/avg4b (packed)"

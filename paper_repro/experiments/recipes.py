@@ -256,6 +256,7 @@ register(Experiment(
     inputs=("mobilenet-0.75-keras", "shufflenet-v2-x0.5-onnx", "imagenet-val-1300"),
     smoke_inputs=(),
     notebook="datafree",
-    runtime="about 7 min with the synthetic images cached, 2 min once the "
-            "optimized rounding is cached (2 cores); 1 min smoke",
+    runtime="11 min measured with the synthetic images and 12 of the 18 optimized roundings "
+            "of MobileNet cached (2 cores); each uncached MobileNet rounding adds about 2 min, "
+            "its image synthesis about 10; 40 s smoke",
 ))

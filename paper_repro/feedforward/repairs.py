@@ -1506,9 +1506,18 @@ def pack_quantize(args, params, *, onnx_model=None, channel_axis: int | None = N
             "layer_bits": info.get("bits", {})}
     if "schemes" in info:
         meta["layer_schemes"] = info["schemes"]
-    if "datafree_opt" in info:
-        meta["datafree_opt"] = info["datafree_opt"]
+    if "datafree_opt" in info:  # what was done, not how long it took: same config, same bytes
+        meta["datafree_opt"] = _run_independent(info["datafree_opt"])
     return new, report, meta
+
+
+def _run_independent(record):
+    """``record`` without what differs from run to run of the same configuration (timings,
+    whether a cache was hit), for a file header."""
+    if isinstance(record, Mapping):
+        return {k: _run_independent(v) for k, v in record.items()
+                if k not in ("seconds", "cached")}
+    return record
 
 
 def describe_recipes() -> str:
