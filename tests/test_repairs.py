@@ -478,6 +478,39 @@ def test_quantize_model_with_a_family_per_layer(digits):
         C.quantize_model(digits.params, families=("nope",), **kw)
 
 
+def test_allocation_experiment_reports_what_the_recipe_quantizes(digits):
+    """datafree/allocation's rows are the widths and families quantize_model uses for the
+    recipe; the summary adds up to every layer and every weight; the figure draws one bar
+    per layer in its family's colour."""
+    from matplotlib.colors import same_color
+
+    from paper_repro.experiments import recipes as X
+    from paper_repro.experiments import style as S
+    from paper_repro.experiments.base import Context
+    from paper_repro.feedforward import digits as D
+
+    cfg = X._allocation_config(True)
+    rows = X.arrays_rows(X._allocation_compute(cfg, Context(inputs={}, dir=None)))
+    paths = [f"{k}/kernel" for k in digits.params]
+    recipe = C.RECIPES["datafree"].config(avg_bits=3.0)
+    _, _, info = C.quantize_model(
+        digits.params, paths=paths, scheme=recipe.scheme, families=recipe.families,
+        avg_bits=3.0, fit=recipe.fit, granularity=recipe.granularity, gain=recipe.gain)
+    graph = G.trace(D.apply, digits.params, (1, D.INPUT_SIZE, D.INPUT_SIZE, 1))
+    assert [r["path"] for r in rows] == graph.kernel_paths()  # network order
+    assert {r["path"]: int(r["bits"]) for r in rows} == info["bits"]
+    assert {r["path"]: r["scheme"] for r in rows} == info["schemes"]
+    summary = X.allocation_summary(rows)
+    assert sum(s["layers"] for s in summary) == len(paths)
+    assert abs(sum(s["weight_share"] for s in summary) - 1) < 1e-12
+    fig = X.plot_allocation(rows)
+    bars = fig.axes[0].patches
+    assert len(bars) == len(paths)
+    for bar, r in zip(bars, rows, strict=True):
+        assert bar.get_height() == int(r["bits"])
+        assert same_color(bar.get_facecolor(), S.scheme_color(r["scheme"]))
+
+
 def test_families_flag_on_evaluate(capsys):
     assert cli.main(["evaluate", "--model", "digits_cnn", "--scheme", "exponential",
                      "--granularity", "channel", "--avg-bits", "3", "--families",
@@ -573,6 +606,12 @@ def test_recipe_on_pack_writes_the_repaired_weights(tmp_path, capsys, digits):
     assert cli.main(["pack", "--model", "digits_cnn", "--scheme", "linear", "--out",
                      str(out)]) == 2
     assert "--bits required" in capsys.readouterr().err
+    assert cli.main(["pack", "--model", "digits_cnn", "--scheme", "linear", "--bits", "4",
+                     "--families", "lloyd_max", "--out", str(out)]) == 2
+    assert "--families is for --recipe" in capsys.readouterr().err
+    assert cli.main(["pack", "--model", "digits_cnn", "--recipe", "datafree", "--avg-bits",
+                     "3", "--families", "linear", "--out", str(out)]) == 2
+    assert "--recipe datafree sets --families" in capsys.readouterr().err
 
 
 @pytest.mark.shared_data

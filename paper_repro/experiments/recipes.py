@@ -260,3 +260,154 @@ register(Experiment(
             "of MobileNet cached (2 cores); each uncached MobileNet rounding adds about 2 min, "
             "its image synthesis about 10; 40 s smoke",
 ))
+
+
+# --- Where the bits go: the recipe's width and level family per layer ----------------------------
+
+
+def _allocation_config(smoke: bool) -> dict:
+    base = {"recipe": "datafree", "recipe_levels": _recipe_levels()}
+    if smoke:
+        return {**base, "models": ["digits_cnn"], "avg_bits": [3.0]}
+    return {**base, "models": list(MODELS), "avg_bits": [5.0, 4.0, 3.0]}
+
+
+def _network(model: str, ctx: Context):
+    """``(params, quantized kernel paths in network order, channel_axis)`` of ``model``: the
+    weights alone (no images: the allocation needs none)."""
+    import re
+
+    from paper_repro.core import quantize as Q
+    from paper_repro.feedforward import digits, models, onnx_task
+    from paper_repro.feedforward import graph as G
+    from paper_repro.feedforward import weights as W
+    from paper_repro.feedforward.sweep import DEFAULT_SELECT
+
+    axis = None
+    if model == "digits_cnn":
+        params = digits.load_or_train()
+        graph = G.trace(digits.apply, params, (1, digits.INPUT_SIZE, digits.INPUT_SIZE, 1))
+    elif model == "mobilenet_0.75":
+        spec = models.get("mobilenet", 0.75)
+        params = W.load(spec, ctx.inputs["mobilenet-0.75-keras"])
+        graph = G.trace(models.make_apply(spec), params, (1, 224, 224, 3))
+    else:
+        m = onnx_task.load_model(ctx.inputs["shufflenet-v2-x0.5-onnx"])
+        params, graph, axis = m.params, G.from_onnx(m), onnx_task.CHANNEL_AXIS
+    chosen = {p for p, x in Q.tree_paths(params)
+              if re.fullmatch(DEFAULT_SELECT, p) and np.ndim(x) > 0}
+    order = [p for p in graph.kernel_paths() if p in chosen]
+    return params, order + sorted(chosen - set(order)), axis
+
+
+def _allocation_compute(config: dict, ctx: Context) -> dict:
+    from paper_repro.feedforward import repairs
+
+    cfg = repairs.RECIPES[config["recipe"]].config(avg_bits=4.0)
+    fit = {"fit": cfg.fit, "granularity": cfg.granularity, "gain": cfg.gain,
+           "rounding": cfg.rounding, "method": cfg.method}
+    rows = []
+    for model in config["models"]:
+        params, paths, axis = _network(model, ctx)
+        for b in config["avg_bits"]:
+            chosen = repairs.choose_levels(params, paths, scheme=cfg.scheme,
+                                           families=cfg.families, avg_bits=b,
+                                           channel_axis=axis, **fit)
+            for i, p in enumerate(paths):
+                c = chosen[p]
+                rows.append({"model": model, "avg_bits": float(b), "index": i, "path": p,
+                             "size": c["size"], "scheme": c["scheme"], "bits": c["bits"],
+                             "r": c["r"], "noise": c["noise"],
+                             "storage_bits": c["storage_bits"]})
+    return rows_arrays(rows)
+
+
+def allocation_summary(rows: list[dict]) -> list[dict]:
+    """Per network and average width: the layers (and share of the weights) on each level
+    family, and the widths each family got."""
+    out = []
+    keys = dict.fromkeys((r["model"], float(r["avg_bits"])) for r in rows)
+    for model, b in keys:
+        rs = [r for r in rows if r["model"] == model and float(r["avg_bits"]) == b]
+        total = sum(int(r["size"]) for r in rs)
+        for fam in dict.fromkeys(r["scheme"] for r in rs):
+            f = [r for r in rs if r["scheme"] == fam]
+            widths = sorted({int(r["bits"]) for r in f})
+            out.append({"model": model, "avg_bits": b, "levels": fam, "layers": len(f),
+                        "of_layers": len(rs),
+                        "weight_share": sum(int(r["size"]) for r in f) / total,
+                        "widths": "/".join(map(str, widths))})
+    return out
+
+
+def allocation_markdown(rows: list[dict]) -> str:
+    out = ["| network | avg bits | levels | layers | share of the weights | widths |",
+           "|---|---|---|---|---|---|"]
+    for s in allocation_summary(rows):
+        out.append(f"| {s['model']} | {s['avg_bits']:g} | {s['levels']} | "
+                   f"{s['layers']} of {s['of_layers']} | {100 * s['weight_share']:.1f} % | "
+                   f"{s['widths']} |")
+    return "\n".join(out) + "\n"
+
+
+def plot_allocation(rows: list[dict]):
+    """One panel per network (columns) and average width (rows): each layer's width as a bar
+    in network order, coloured by its level family; the layer's size (weights, log scale) as a
+    grey step line on the right axis. The large layers take few bits and Lloyd-Max levels."""
+    import matplotlib.pyplot as plt
+
+    from paper_repro.experiments import style as S
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    widths = sorted({float(r["avg_bits"]) for r in rows}, reverse=True)
+    fig, axes = plt.subplots(len(widths), len(models), squeeze=False,
+                             figsize=(4.6 * len(models), 2.3 * len(widths) + 0.6))
+    families = list(dict.fromkeys(r["scheme"] for r in rows))
+    for j, model in enumerate(models):
+        for i, b in enumerate(widths):
+            ax = axes[i][j]
+            rs = sorted((r for r in rows if r["model"] == model and float(r["avg_bits"]) == b),
+                        key=lambda r: int(r["index"]))
+            x = np.array([int(r["index"]) for r in rs])
+            ax.bar(x, [int(r["bits"]) for r in rs], width=0.8,
+                   color=[S.scheme_color(r["scheme"]) for r in rs])
+            ax.set_ylim(0, 8.5)
+            ax.set_yticks([2, 4, 6, 8])
+            ax.grid(axis="y", alpha=0.3)
+            tw = ax.twinx()
+            tw.step(x, [int(r["size"]) for r in rs], where="mid", color="0.45", lw=0.9,
+                    ls=(0, (3, 1)))
+            tw.set_yscale("log")
+            tw.tick_params(labelsize=7, colors="0.4")
+            if j == len(models) - 1:
+                tw.set_ylabel("weights in the layer", fontsize=7, color="0.4")
+            if j == 0:
+                ax.set_ylabel(f"bits, {b:g} on average", fontsize=8)
+            if i == 0:
+                ax.set_title(model, fontsize=9)
+            if i == len(widths) - 1:
+                ax.set_xlabel("layer, in network order")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=S.scheme_color(f)) for f in families]
+    handles.append(plt.Line2D([], [], color="0.45", lw=0.9, ls=(0, (3, 1))))
+    names = {"lloyd_max": "Lloyd-Max"}
+    fig.legend(handles, [f"{names.get(f, f)} levels" for f in families]
+               + ["layer size (right axis)"],
+               loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+register(Experiment(
+    name="datafree/allocation",
+    title="where the bits go: the datafree recipe's width and level family per layer at 5 / 4 "
+          "/ 3 bits average",
+    config=_allocation_config,
+    compute=_allocation_compute,
+    plots={"allocation": lambda data, config: plot_allocation(arrays_rows(data))},
+    tables={"table.csv": lambda d, c: arrays_rows(d),
+            "summary.md": lambda d, c: allocation_markdown(arrays_rows(d))},
+    inputs=("mobilenet-0.75-keras", "shufflenet-v2-x0.5-onnx"),
+    smoke_inputs=(),
+    notebook="datafree",
+    runtime="about 2 min (2 cores; no images needed); under a minute smoke",
+))

@@ -1134,6 +1134,28 @@ def allocate(costs: list[dict], *, avg_bits: float) -> dict[str, dict]:
     return cur
 
 
+def choose_levels(params, paths: Sequence[str], *, scheme: str, avg_bits: float,
+                  families: Sequence[str] = (), bits_choices: Sequence[int] = (2, 3, 4, 5, 6,
+                                                                               7, 8),
+                  **fit_kwargs) -> dict[str, dict]:
+    """Each layer's width (and, with ``families``, level family besides ``scheme``) for an
+    average of ``avg_bits`` stored bits per weight: ``{path: row}`` of :func:`layer_costs`
+    (``bits``, ``scheme``, ``size``, ``r``, ``noise``, ``storage_bits``) as :func:`allocate`
+    chose them. ``fit_kwargs``: the fit settings (fit, granularity, gain, rounding, method,
+    channel_axis); widths a family refuses are skipped for it."""
+    kw = {k: fit_kwargs[k] for k in ("fit", "granularity", "gain", "rounding", "method",
+                                     "channel_axis") if k in fit_kwargs}
+    costs = []
+    for s in dict.fromkeys((scheme, *families)):
+        ok = [b for b in bits_choices if _valid_width(s, b, fit_kwargs)]
+        if not ok:  # the reason, in one line
+            Q.check_args(s, int(bits_choices[0]), fit_kwargs.get("fit", "corr"),
+                         fit_kwargs.get("granularity", "tensor"))
+        costs += [dict(c, scheme=s) for c in layer_costs(params, paths, choices=ok, scheme=s,
+                                                         **kw)]
+    return allocate(costs, avg_bits=avg_bits)
+
+
 # --- The whole pipeline -------------------------------------------------------------------------
 
 
@@ -1222,17 +1244,8 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
     schemes = list(dict.fromkeys((scheme, *families)))
     qscheme: Any = scheme
     if avg_bits is not None:
-        kw = {k: fit_kwargs[k] for k in ("fit", "granularity", "gain", "rounding", "method",
-                                         "channel_axis") if k in fit_kwargs}
-        costs = []
-        for s in schemes:
-            ok = [b for b in bits_choices if _valid_width(s, b, fit_kwargs)]
-            if not ok:  # the reason, in one line
-                Q.check_args(s, int(bits_choices[0]), fit_kwargs.get("fit", "corr"),
-                             fit_kwargs.get("granularity", "tensor"))
-            costs += [dict(c, scheme=s) for c in layer_costs(ref, paths, choices=ok, scheme=s,
-                                                             **kw)]
-        chosen = allocate(costs, avg_bits=avg_bits)
+        chosen = choose_levels(ref, paths, scheme=scheme, families=families, avg_bits=avg_bits,
+                               bits_choices=bits_choices, **fit_kwargs)
         qbits: Any = {p: c["bits"] for p, c in chosen.items()}
         info["bits"] = qbits
         if len(schemes) > 1:
