@@ -355,6 +355,7 @@ def plot_allocation(rows: list[dict]):
     in network order, coloured by its level family; the layer's size (weights, log scale) as a
     grey step line on the right axis. The large layers take few bits and Lloyd-Max levels."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from paper_repro.experiments import style as S
 
@@ -373,6 +374,7 @@ def plot_allocation(rows: list[dict]):
                    color=[S.scheme_color(r["scheme"]) for r in rs])
             ax.set_ylim(0, 8.5)
             ax.set_yticks([2, 4, 6, 8])
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(axis="y", alpha=0.3)
             tw = ax.twinx()
             tw.step(x, [int(r["size"]) for r in rs], where="mid", color="0.45", lw=0.9,
