@@ -1,10 +1,19 @@
-"""Shared test fixtures: where the real data lives, and the smoke switch for notebooks."""
+"""Shared test fixtures: where the real data lives, the smoke switch for notebooks, and the
+property tests' profile under CI."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests explore new random examples on every local run; under CI (CI=true) they replay
+# the same examples, so a landing never depends on the luck of the draw.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 
 def shared_data_dir() -> Path | None:
