@@ -446,7 +446,7 @@ def test_allocate_chooses_a_level_family_per_layer():
         C.allocate(costs, avg_bits=1.5)
 
 
-def test_quantize_model_with_a_family_per_layer(digits):
+def test_quantize_model_with_a_family_per_layer(digits, capsys):
     """families=: each layer is quantized with the family the allocation chose (its codebook
     says so), the budget holds, and the predicted noise is no larger than with one family."""
     from paper_repro.core import storage as S
@@ -471,6 +471,10 @@ def test_quantize_model_with_a_family_per_layer(digits):
                                    channel_axis=r["quantizer"].channel_axis) for r in report)
 
     assert noise(rep) < noise(rep1)  # Lloyd-Max levels win somewhere at 3 bits
+    C._COST_CACHE.clear()  # fitted again, with a bar per family on stderr
+    C.quantize_model(digits.params, families=("lloyd_max",), progress=True, **kw)
+    err = capsys.readouterr().err
+    assert "fitting exponential levels" in err and "fitting lloyd_max levels" in err
     with pytest.raises(ValueError, match="needs avg_bits"):
         C.quantize_model(digits.params, paths=paths, scheme="exponential", bits=3,
                          families=("lloyd_max",))

@@ -126,7 +126,8 @@ def recipe_row(task, recipe_name: str, avg_bits: float, float_res, *, progress: 
     cfg = recipe.config(avg_bits=avg_bits)
     if scheme is not None:
         cfg = dataclasses.replace(cfg, scheme=scheme, families=())
-    qparams, report = E.quantize_params(t.params, cfg, channel_axis=t.channel_axis)
+    qparams, report = E.quantize_params(t.params, cfg, channel_axis=t.channel_axis,
+                                        progress=progress)
     res = E.evaluate_params(t, qparams, progress=False)
     row = {"model": model or task.info.get("model", task.name), "recipe": recipe_name,
            "avg_bits": float(avg_bits), "scheme": cfg.scheme, "levels": levels_of(cfg),
@@ -312,7 +313,7 @@ def _allocation_compute(config: dict, ctx: Context) -> dict:
         for b in config["avg_bits"]:
             chosen = repairs.choose_levels(params, paths, scheme=cfg.scheme,
                                            families=cfg.families, avg_bits=b,
-                                           channel_axis=axis, **fit)
+                                           channel_axis=axis, progress=ctx.progress, **fit)
             for i, p in enumerate(paths):
                 c = chosen[p]
                 rows.append({"model": model, "avg_bits": float(b), "index": i, "path": p,

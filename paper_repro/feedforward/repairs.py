@@ -1039,14 +1039,19 @@ def channel_noise(w, w_hat, *, channel_axis: int = -1) -> float:
 def layer_costs(params, paths: Sequence[str], *, choices: Sequence[int], scheme: str,
                 fit: str = "corr", granularity: str = "tensor", gain: bool = False,
                 rounding: str = "linear", method: str = "histogram",
-                codebook: str = "params", channel_axis: int | None = None) -> list[dict]:
+                codebook: str = "params", channel_axis: int | None = None,
+                progress: bool = False) -> list[dict]:
     """For each path and bit width: ``r``, predicted noise (:func:`channel_noise`) and storage
-    bits (codes ``size * b`` plus 32 bits per codebook float, :func:`codebook_floats`)."""
+    bits (codes ``size * b`` plus 32 bits per codebook float, :func:`codebook_floats`).
+    ``progress``: a bar on stderr, a step per layer (a minute for MobileNet per channel)."""
+    from tqdm.auto import tqdm
+
     flat = dict(Q.tree_paths(params))
     out = []
     kw = dict(scheme=scheme, fit=fit, granularity=granularity, gain=gain, rounding=rounding,
               method=method, codebook=codebook, channel_axis=channel_axis)
-    for path in paths:
+    for path in tqdm(paths, desc=f"fitting {scheme} levels", unit="layer", leave=False,
+                     disable=not progress):
         arr = np.ascontiguousarray(np.asarray(flat[path], np.float32))
         key = (path, hashlib.sha1(arr.tobytes()).hexdigest(), tuple(int(b) for b in choices),
                tuple(sorted(kw.items())))
@@ -1137,12 +1142,13 @@ def allocate(costs: list[dict], *, avg_bits: float) -> dict[str, dict]:
 def choose_levels(params, paths: Sequence[str], *, scheme: str, avg_bits: float,
                   families: Sequence[str] = (), bits_choices: Sequence[int] = (2, 3, 4, 5, 6,
                                                                                7, 8),
-                  **fit_kwargs) -> dict[str, dict]:
+                  progress: bool = False, **fit_kwargs) -> dict[str, dict]:
     """Each layer's width (and, with ``families``, level family besides ``scheme``) for an
     average of ``avg_bits`` stored bits per weight: ``{path: row}`` of :func:`layer_costs`
     (``bits``, ``scheme``, ``size``, ``r``, ``noise``, ``storage_bits``) as :func:`allocate`
     chose them. ``fit_kwargs``: the fit settings (fit, granularity, gain, rounding, method,
-    channel_axis); widths a family refuses are skipped for it."""
+    channel_axis); widths a family refuses are skipped for it. ``progress``: see
+    :func:`layer_costs`."""
     kw = {k: fit_kwargs[k] for k in ("fit", "granularity", "gain", "rounding", "method",
                                      "channel_axis") if k in fit_kwargs}
     costs = []
@@ -1152,7 +1158,7 @@ def choose_levels(params, paths: Sequence[str], *, scheme: str, avg_bits: float,
             Q.check_args(s, int(bits_choices[0]), fit_kwargs.get("fit", "corr"),
                          fit_kwargs.get("granularity", "tensor"))
         costs += [dict(c, scheme=s) for c in layer_costs(params, paths, choices=ok, scheme=s,
-                                                         **kw)]
+                                                         progress=progress, **kw)]
     return allocate(costs, avg_bits=avg_bits)
 
 
@@ -1193,7 +1199,7 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
                    graph: G.Graph | None = None, wiring: Wiring | None = None,
                    bn_stats: bool = True, bias_scope: str = "anchored",
                    optimize: Any = None, families: Sequence[str] = (),
-                   **fit_kwargs) -> tuple[dict, list[dict], dict]:
+                   progress: bool = False, **fit_kwargs) -> tuple[dict, list[dict], dict]:
     """Fold / equalize, allocate bits, quantize ``paths``, re-round, correct biases.
 
     Order: fold batch norms (``fold`` or ``equalize_ranges``) -> equalize -> choose per-layer
@@ -1205,7 +1211,7 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
     the allocation may choose per layer besides ``scheme`` (each layer then gets the family
     and width of least predicted noise per stored bit, :func:`allocate`;
     ``info["schemes"]`` records the choice). ``bn_stats``: see :func:`propagate`;
-    ``bias_scope``: see
+    ``progress``: a bar on stderr while the widths are chosen. ``bias_scope``: see
     :func:`bias_correct`. ``fit_kwargs`` go to
     :func:`~paper_repro.core.quantize.fit`. Returns ``(new_params, report, info)``; ``info``
     has the per-layer bits and, with correction, the largest absorbed shift.
@@ -1245,7 +1251,7 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
     qscheme: Any = scheme
     if avg_bits is not None:
         chosen = choose_levels(ref, paths, scheme=scheme, families=families, avg_bits=avg_bits,
-                               bits_choices=bits_choices, **fit_kwargs)
+                               bits_choices=bits_choices, progress=progress, **fit_kwargs)
         qbits: Any = {p: c["bits"] for p, c in chosen.items()}
         info["bits"] = qbits
         if len(schemes) > 1:
@@ -1514,7 +1520,7 @@ def pack_quantize(args, params, *, onnx_model=None, channel_axis: int | None = N
                                                                     False)),
         mean_preserving=bool(getattr(args, "mean_preserving", False)), wiring=wiring,
         channel_axis=channel_axis, families=tuple(getattr(args, "families", None) or ()),
-        **kw)
+        progress=True, **kw)
     meta = {**recipe_record(args), "avg_bits": float(args.avg_bits),
             "layer_bits": info.get("bits", {})}
     if "schemes" in info:

@@ -232,10 +232,12 @@ def refresh_compression(params, rows: list[dict]) -> list[dict]:
     return out
 
 
-def quantize_params(params, cfg: QuantConfig, *, channel_axis: int | None = None):
+def quantize_params(params, cfg: QuantConfig, *, channel_axis: int | None = None,
+                    progress: bool = False):
     """``(new_params, report)`` for one configuration (float: ``(params, [])``).
 
-    ``channel_axis``: see :class:`Task` (``None``: Keras layouts)."""
+    ``channel_axis``: see :class:`Task` (``None``: Keras layouts); ``progress``: a bar on
+    stderr while mixed widths are chosen."""
     if cfg.scheme is None:
         return params, []
     import re
@@ -258,7 +260,8 @@ def quantize_params(params, cfg: QuantConfig, *, channel_axis: int | None = None
             avg_bits=cfg.avg_bits, fold=cfg.fold_bn, equalize_ranges=cfg.equalize,
             bias_correction=cfg.bias_correction, mean_preserving=cfg.mean_preserving,
             fit=cfg.fit, granularity=cfg.granularity, gain=cfg.gain, rounding=cfg.rounding,
-            method=cfg.method, channel_axis=channel_axis, families=cfg.families)
+            method=cfg.method, channel_axis=channel_axis, families=cfg.families,
+            progress=progress)
         return qp, report
     return Q.quantize_tree(params, select=select, scheme=cfg.scheme, bits=cfg.bits, fit=cfg.fit,
                            granularity=cfg.granularity, gain=cfg.gain, rounding=cfg.rounding,
@@ -292,7 +295,8 @@ def evaluate_config(task: Task, cfg: QuantConfig, *, float_result=None, limit=No
                     per_class=None, progress=True) -> tuple[dict, Any]:
     """Quantize, evaluate, compare with float on the same images. ``(row, EvalResult)``."""
     t0 = time.perf_counter()
-    qparams, report = quantize_params(task.params, cfg, channel_axis=task.channel_axis)
+    qparams, report = quantize_params(task.params, cfg, channel_axis=task.channel_axis,
+                                      progress=progress)
     t_q = time.perf_counter() - t0
     res = evaluate_params(task, qparams, limit=limit, per_class=per_class, progress=progress)
     row = {"task": task.name, **task.info, **cfg.key(), "label": cfg.label(), **res.as_dict()}
