@@ -193,12 +193,6 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _named_levels(recipe_name: str) -> str:
-    from paper_repro.feedforward import repairs
-
-    return levels_of(repairs.RECIPES[recipe_name].config(avg_bits=4.0))
-
-
 def plot_recipes(rows: list[dict]):
     """Top-1 drop against the real file's compression ratio, one panel per network: filled
     markers fixed-width codes, hollow markers the same models ANS-coded; each average width
@@ -209,11 +203,12 @@ def plot_recipes(rows: list[dict]):
 
 
     models = list(dict.fromkeys(r["model"] for r in rows))
+    named = _recipe_levels()  # the recipes as named (a level family per layer)
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
     colors = {"datafree": "C0", "datafree-opt": "C3"}
     for ax, model in zip(axes[0], models, strict=True):
         q = [r for r in rows if r["model"] == model and r["recipe"] != "float"
-             and r.get("levels") == _named_levels(r["recipe"])]
+             and r.get("levels") == named[r["recipe"]]]
         for name in RECIPE_NAMES:
             rr = sorted((r for r in q if r["recipe"] == name), key=lambda r: r["avg_bits"])
             if not rr:

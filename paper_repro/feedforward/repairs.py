@@ -1153,10 +1153,9 @@ def choose_levels(params, paths: Sequence[str], *, scheme: str, avg_bits: float,
                                      "channel_axis") if k in fit_kwargs}
     costs = []
     for s in dict.fromkeys((scheme, *families)):
-        ok = [b for b in bits_choices if _valid_width(s, b, fit_kwargs)]
+        ok = [b for b in bits_choices if _width_error(s, b, fit_kwargs) is None]
         if not ok:  # the reason, in one line
-            Q.check_args(s, int(bits_choices[0]), fit_kwargs.get("fit", "corr"),
-                         fit_kwargs.get("granularity", "tensor"))
+            raise ValueError(_width_error(s, bits_choices[0], fit_kwargs))
         costs += [dict(c, scheme=s) for c in layer_costs(params, paths, choices=ok, scheme=s,
                                                          progress=progress, **kw)]
     return allocate(costs, avg_bits=avg_bits)
@@ -1165,15 +1164,16 @@ def choose_levels(params, paths: Sequence[str], *, scheme: str, avg_bits: float,
 # --- The whole pipeline -------------------------------------------------------------------------
 
 
-def _valid_width(scheme: str, bits: int, fit_kwargs: Mapping[str, Any]) -> bool:
-    """Whether ``scheme`` accepts ``bits`` with the fit settings in ``fit_kwargs``."""
+def _width_error(scheme: str, bits: int, fit_kwargs: Mapping[str, Any]) -> str | None:
+    """Why ``scheme`` refuses ``bits`` with the fit settings in ``fit_kwargs`` (``None``: it
+    accepts them)."""
     try:
         Q.check_args(scheme, int(bits), fit_kwargs.get("fit", "corr"),
                      fit_kwargs.get("granularity", "tensor"), fit_kwargs.get("rounding",
                                                                              "linear"))
-    except ValueError:
-        return False
-    return True
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _wiring(params, graph, wiring) -> Wiring:
