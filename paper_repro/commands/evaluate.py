@@ -32,8 +32,9 @@ from __future__ import annotations
 import argparse
 
 from paper_repro.commands import _args as A
+from paper_repro.commands import _recipe as R
 from paper_repro.core import quantize as Q
-from paper_repro.feedforward import imagenet, onnx_task, repairs
+from paper_repro.feedforward import imagenet, onnx_task
 
 DEFAULT_POLICY = "resize"
 DEFAULT_BATCH_SIZE = 50
@@ -46,7 +47,8 @@ QUANT_FLAGS = {"bits": "--bits", "avg_bits": "--avg-bits", "fit": "--fit",
                "granularity": "--granularity", "gain": "--gain", "rounding": "--rounding",
                "select": "--select", "keep_float": "--keep-float",
                "bias_correction": "--bias-correction", "mean_preserving": "--mean-preserving",
-               "fold_bn": "--fold-bn", "equalize": "--equalize", "families": "--families"}
+               "fold_bn": "--fold-bn", "equalize": "--equalize", "families": "--families",
+               "coded_budget": "--coded-budget"}
 # Flags of the ImageNet path (registry and ONNX models); digits_cnn brings its own images.
 DATA_FLAGS = {"data": "--data", "labels": "--labels", "policy": "--policy",
               "batch_size": "--batch-size"}
@@ -99,7 +101,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--avg-bits", type=A.finite_float, default=None,
                    help="mixed widths: per-layer bits for this average (codes + codebooks) "
                         "chosen by predicted output noise; replaces --bits")
-    repairs.add_recipe_argument(g)
+    R.add_recipe_argument(g)
     p.add_argument("--limit", type=A.positive_int, default=None, help="first K images")
     p.add_argument("--per-class", type=A.positive_int, default=None,
                    help="first K images of each class")
@@ -169,6 +171,8 @@ def check_args(args) -> None:
             A.check_avg_bits(s, args.avg_bits, **knobs)
     if args.families and args.avg_bits is None:
         raise ValueError("--families (a level family per layer) needs --avg-bits")
+    if args.coded_budget and args.avg_bits is None:
+        raise ValueError("--coded-budget (entropy-coded bits counted) needs --avg-bits")
     A.check_regex(args.select, "--select")
     for pattern in args.keep_float:
         A.check_regex(pattern, "--keep-float")
@@ -186,7 +190,7 @@ def _add_drop(row: dict, float_res, res) -> None:
 def run(args) -> int:
     from paper_repro.feedforward import sweep as E
 
-    repairs.apply_recipe(args)  # --recipe: its switches, before they are checked
+    R.apply_recipe(args)  # --recipe: its switches, before they are checked
     check_args(args)
     progress = not (args.no_progress or args.json)
     if onnx_task.is_onnx(args.model):
@@ -197,7 +201,7 @@ def run(args) -> int:
         task = E.imagenet_task(args.model, weights=args.weights, data=args.data,
                                labels=args.labels, alpha=args.alpha, policy=args.policy,
                                batch_size=args.batch_size, progress=progress)
-    repairs.prepare_task(task, args)  # the traced graph for the repairs; the recipe record
+    R.prepare_task(task, args)  # the traced graph for the repairs; the recipe record
     packed = task.info.get("packed")
     if packed is not None and args.scheme is not None:
         raise ValueError("--weights is a packed (already quantized) file: drop --scheme")
@@ -207,7 +211,8 @@ def run(args) -> int:
                         bias_correction=args.bias_correction,
                         mean_preserving=args.mean_preserving, fold_bn=args.fold_bn,
                         equalize=args.equalize, avg_bits=args.avg_bits,
-                        families=tuple(args.families or ()))
+                        families=tuple(args.families or ()),
+                        coded_budget=bool(args.coded_budget))
     # Quantize (and evaluate) first: an error of the quantization itself (e.g. an --avg-bits
     # below what the codebooks allow) stops the command before the float evaluation.
     row, res = E.evaluate_config(task, cfg, limit=args.limit, per_class=args.per_class,

@@ -45,6 +45,7 @@ import json
 import time
 from pathlib import Path
 
+from paper_repro.commands import _recipe as R
 from paper_repro.core import quantize
 from paper_repro.feedforward import imagenet, onnx_task, repairs
 
@@ -86,7 +87,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "compress the header (format 4): the same network in a smaller file")
     p.add_argument("--preprocess", default=None, choices=imagenet.PREPROCESS_MODES,
                    help="ONNX models only: the input preprocessing, recorded in the header")
-    repairs.add_recipe_argument(p)
+    R.add_recipe_argument(p)
     p.add_argument("--out", required=True,
                    help="output file (.prq); for an ONNX model also .onnx (dequantized float32 "
                         "weights, same graph)")
@@ -132,7 +133,7 @@ def run(args) -> int:
     from paper_repro.core import entropy, storage
 
     t0 = time.perf_counter()
-    repairs.apply_recipe(args, command="pack")  # --recipe: its switches (else --scheme, --bits)
+    R.apply_recipe(args, command="pack")  # --recipe: its switches (else --scheme, --bits)
     onnx_task.check_pack_args(args)
     onnx_model = axis = None
     if onnx_task.is_onnx(args.model):
@@ -144,7 +145,7 @@ def run(args) -> int:
                    method=args.method)
     recipe_meta = {}
     if args.recipe:  # per-layer widths, re-rounded codes, corrected biases / batch norms
-        new, report, recipe_meta = repairs.pack_quantize(args, params, onnx_model=onnx_model,
+        new, report, recipe_meta = R.pack_quantize(args, params, onnx_model=onnx_model,
                                                          channel_axis=axis)
         params = new
     else:
@@ -156,7 +157,7 @@ def run(args) -> int:
         if onnx_task.is_onnx(args.out):
             raise ValueError("--compact writes a .prq file (batch norms folded into codebooks); "
                              "an ONNX output keeps the source graph")
-        wiring = repairs.pack_wiring(args, params, onnx_model=onnx_model)
+        wiring = R.pack_wiring(args, params, onnx_model=onnx_model)
         new, report, folded = repairs.fold_into_codebooks(wiring.graph, new, report)
         params = new
         recipe_meta = {**recipe_meta, "compact": {"folded_batch_norms": len(folded)}}

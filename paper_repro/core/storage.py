@@ -1084,7 +1084,8 @@ def load_packed(path: str | os.PathLike, *, allow_unverified: bool = False) -> t
 def packed_record(path: str | os.PathLike, meta: Mapping[str, Any]) -> dict:
     """What an evaluation records of the packed file it read: how it was quantized (scheme,
     fit, bits, granularity; with a recipe, the recipe, average width and the level families
-    its layers use), the file name, its real size and ratio against float32, and ``label``."""
+    its layers use, and whether the average counted entropy-coded bits), the file name, its
+    real size and ratio against float32, and ``label``."""
     path = Path(path)
     sz = sizes(read_packed(path))
     out = {k: meta.get(k) for k in ("scheme", "fit", "bits", "granularity")}
@@ -1093,7 +1094,11 @@ def packed_record(path: str | os.PathLike, meta: Mapping[str, Any]) -> dict:
         out.update(recipe=meta["recipe"], avg_bits=meta.get("avg_bits"),
                    levels="+".join(dict.fromkeys(
                        [meta.get("scheme")] + [layer_schemes[k] for k in sorted(layer_schemes)])))
-        label = f"{out['recipe']}/{out['levels']}/avg{float(out['avg_bits'] or 0):g}b (packed)"
+        coded = "-coded" if meta.get("coded_budget") else ""
+        if coded:
+            out["coded_budget"] = True
+        label = (f"{out['recipe']}/{out['levels']}/avg{float(out['avg_bits'] or 0):g}b{coded} "
+                 "(packed)")
     else:
         label = f"{out['scheme']}/{out['fit']}/{out['granularity']}/{out['bits']}b (packed)"
     out.update(packed_file=path.name, compression_ratio=sz["ratio"],

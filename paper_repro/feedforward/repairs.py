@@ -40,7 +40,8 @@ the model itself (Flax modules, any JAX function, ONNX graphs):
   families, each layer's family) for an average budget (codes plus codebook parameters),
   chosen greedily to minimize the predicted relative output noise
   ``sum over layers (1 - r^2) / r^2``, with ``r`` measured per output channel and width
-  (:func:`channel_noise`).
+  (:func:`channel_noise`). With a coded budget (``--coded-budget``) the codes count as
+  entropy coding stores them, so the budget is the size of an entropy-coded file.
 - :data:`RECIPES`: the named data-free recipe (``--recipe datafree`` of ``paper-repro
   evaluate`` and ``paper-repro pack``), the same settings on every network; ``--recipe
   datafree-opt`` keeps its levels and widths and optimizes the rounding
@@ -1040,9 +1041,12 @@ def layer_costs(params, paths: Sequence[str], *, choices: Sequence[int], scheme:
                 fit: str = "corr", granularity: str = "tensor", gain: bool = False,
                 rounding: str = "linear", method: str = "histogram",
                 codebook: str = "params", channel_axis: int | None = None,
-                progress: bool = False) -> list[dict]:
+                coded: bool = False, progress: bool = False) -> list[dict]:
     """For each path and bit width: ``r``, predicted noise (:func:`channel_noise`) and storage
     bits (codes ``size * b`` plus 32 bits per codebook float, :func:`codebook_floats`).
+    ``coded``: the codes are counted as entropy coding stores them instead (the exact ANS
+    model and stream of the nearest-level codes, or the fixed width where that is smaller,
+    :func:`paper_repro.core.storage.codes_nbytes`); ``fixed_bits`` keeps the fixed count.
     ``progress``: a bar on stderr, a step per layer (a minute for MobileNet per channel)."""
     from tqdm.auto import tqdm
 
@@ -1054,9 +1058,9 @@ def layer_costs(params, paths: Sequence[str], *, choices: Sequence[int], scheme:
                      disable=not progress):
         arr = np.ascontiguousarray(np.asarray(flat[path], np.float32))
         key = (path, hashlib.sha1(arr.tobytes()).hexdigest(), tuple(int(b) for b in choices),
-               tuple(sorted(kw.items())))
+               tuple(sorted(kw.items())), bool(coded))
         if key not in _COST_CACHE:
-            _COST_CACHE[key] = _path_costs(path, arr, choices, **kw)
+            _COST_CACHE[key] = _path_costs(path, arr, choices, coded=coded, **kw)
         out += _COST_CACHE[key]
     return out
 
@@ -1065,7 +1069,9 @@ _COST_CACHE: dict = {}  # (path, weights digest, choices, knobs) -> rows: sweeps
 
 
 def _path_costs(path, arr, choices, *, scheme, fit, granularity, gain, rounding, method,
-                codebook, channel_axis=None):
+                codebook, channel_axis=None, coded=False):
+    from paper_repro.core import storage
+
     out = []
     w = jnp.asarray(arr)
     ax = Q.default_channel_axis(path, w) if channel_axis is None else channel_axis
@@ -1073,12 +1079,19 @@ def _path_costs(path, arr, choices, *, scheme, fit, granularity, gain, rounding,
     for b in choices:
         q = Q.fit(w, scheme=scheme, bits=int(b), fit=fit, granularity=granularity,
                   channel_axis=ax, gain=gain, rounding=rounding, method=method, table=table)
-        w_hat = Q.decode(Q.encode(w, q), q)
+        codes = Q.encode(w, q)
+        w_hat = Q.decode(codes, q)
         r = float(np.clip(corr_mod.sample_r(w, w_hat), 1e-6, 1.0))
-        out.append({"path": path, "bits": int(b), "size": int(w.size), "r": r,
-                    "noise": channel_noise(w, w_hat, channel_axis=ax),
-                    "storage_bits": int(w.size) * int(b)
-                    + 32 * codebook_floats(q, codebook=codebook)})
+        books = 32 * codebook_floats(q, codebook=codebook)
+        row = {"path": path, "bits": int(b), "size": int(w.size), "r": r,
+               "noise": channel_noise(w, w_hat, channel_axis=ax),
+               "storage_bits": int(w.size) * int(b) + books}
+        if coded:
+            c = np.asarray(codes)
+            row["fixed_bits"] = row["storage_bits"]
+            row["storage_bits"] = 8 * storage.codes_nbytes(c.size, q.n_levels, codes=c,
+                                                            coding="ans") + books
+        out.append(row)
     return out
 
 
@@ -1142,11 +1155,14 @@ def allocate(costs: list[dict], *, avg_bits: float) -> dict[str, dict]:
 def choose_levels(params, paths: Sequence[str], *, scheme: str, avg_bits: float,
                   families: Sequence[str] = (), bits_choices: Sequence[int] = (2, 3, 4, 5, 6,
                                                                                7, 8),
-                  progress: bool = False, **fit_kwargs) -> dict[str, dict]:
+                  coded_budget: bool = False, progress: bool = False,
+                  **fit_kwargs) -> dict[str, dict]:
     """Each layer's width (and, with ``families``, level family besides ``scheme``) for an
     average of ``avg_bits`` stored bits per weight: ``{path: row}`` of :func:`layer_costs`
     (``bits``, ``scheme``, ``size``, ``r``, ``noise``, ``storage_bits``) as :func:`allocate`
-    chose them. ``fit_kwargs``: the fit settings (fit, granularity, gain, rounding, method,
+    chose them. ``coded_budget``: the codes count as entropy coding stores them
+    (:func:`layer_costs` with ``coded``), so a layer whose codes compress well costs less and
+    gets wider. ``fit_kwargs``: the fit settings (fit, granularity, gain, rounding, method,
     channel_axis); widths a family refuses are skipped for it. ``progress``: see
     :func:`layer_costs`."""
     kw = {k: fit_kwargs[k] for k in ("fit", "granularity", "gain", "rounding", "method",
@@ -1157,7 +1173,8 @@ def choose_levels(params, paths: Sequence[str], *, scheme: str, avg_bits: float,
         if not ok:  # the reason, in one line
             raise ValueError(_width_error(s, bits_choices[0], fit_kwargs))
         costs += [dict(c, scheme=s) for c in layer_costs(params, paths, choices=ok, scheme=s,
-                                                         progress=progress, **kw)]
+                                                         coded=coded_budget, progress=progress,
+                                                         **kw)]
     return allocate(costs, avg_bits=avg_bits)
 
 
@@ -1199,7 +1216,8 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
                    graph: G.Graph | None = None, wiring: Wiring | None = None,
                    bn_stats: bool = True, bias_scope: str = "anchored",
                    optimize: Any = None, families: Sequence[str] = (),
-                   progress: bool = False, **fit_kwargs) -> tuple[dict, list[dict], dict]:
+                   coded_budget: bool = False, progress: bool = False,
+                   **fit_kwargs) -> tuple[dict, list[dict], dict]:
     """Fold / equalize, allocate bits, quantize ``paths``, re-round, correct biases.
 
     Order: fold batch norms (``fold`` or ``equalize_ranges``) -> equalize -> choose per-layer
@@ -1210,7 +1228,8 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
     the attached one). ``families``: with ``avg_bits``, other level families (scheme names)
     the allocation may choose per layer besides ``scheme`` (each layer then gets the family
     and width of least predicted noise per stored bit, :func:`allocate`;
-    ``info["schemes"]`` records the choice). ``bn_stats``: see :func:`propagate`;
+    ``info["schemes"]`` records the choice). ``coded_budget``: ``avg_bits`` counts the codes
+    as entropy coding stores them (:func:`choose_levels`). ``bn_stats``: see :func:`propagate`;
     ``progress``: a bar on stderr while the widths are chosen. ``bias_scope``: see
     :func:`bias_correct`. ``fit_kwargs`` go to
     :func:`~paper_repro.core.quantize.fit`. Returns ``(new_params, report, info)``; ``info``
@@ -1251,7 +1270,8 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
     qscheme: Any = scheme
     if avg_bits is not None:
         chosen = choose_levels(ref, paths, scheme=scheme, families=families, avg_bits=avg_bits,
-                               bits_choices=bits_choices, progress=progress, **fit_kwargs)
+                               bits_choices=bits_choices, coded_budget=coded_budget,
+                               progress=progress, **fit_kwargs)
         qbits: Any = {p: c["bits"] for p, c in chosen.items()}
         info["bits"] = qbits
         if len(schemes) > 1:
@@ -1262,6 +1282,8 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
             raise ValueError("give bits= or avg_bits=")
         if len(schemes) > 1:
             raise ValueError("families= (a level family per layer) needs avg_bits=")
+        if coded_budget:
+            raise ValueError("coded_budget= (entropy-coded bits counted) needs avg_bits=")
         qbits = bits
     select = "|".join(re.escape(p) for p in paths)
     qp, report = Q.quantize_tree(ref, select=select, scheme=qscheme, bits=qbits, **fit_kwargs)
@@ -1372,172 +1394,6 @@ RECIPES: dict[str, Recipe] = {
         "configuration and model.",
         optimize={}),
 }
-
-# QuantConfig field -> the flag that sets it (evaluate and pack)
-_FLAGS = {"scheme": "--scheme", "fit": "--fit", "granularity": "--granularity",
-          "gain": "--gain", "rounding": "--rounding", "mean_preserving": "--mean-preserving",
-          "bias_correction": "--bias-correction", "fold_bn": "--fold-bn",
-          "equalize": "--equalize", "families": "--families"}
-
-
-def add_recipe_argument(parser) -> None:
-    """``--recipe NAME`` (and ``--avg-bits`` where the command has none) on a command's
-    parser; the help lists what each recipe stands for."""
-    names = ", ".join(f"{r.name} = {r.flags()}" for r in RECIPES.values())
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                        help=f"named data-free settings, the same on every network: {names}. "
-                             "Needs --avg-bits; giving a switch the recipe sets is an error")
-    if not any("--avg-bits" in a.option_strings for a in parser._actions):
-        parser.add_argument("--avg-bits", type=float, default=None,
-                            help="with --recipe: average bits per quantized weight (codes and "
-                                 "codebooks); each layer's width is chosen for it")
-    from paper_repro.commands import _args
-
-    parser.add_argument("--families", type=_args.scheme_list, default=None,
-                        help="with --avg-bits: level families (comma-separated, e.g. "
-                             "exponential,lloyd_max) the allocation may choose among per layer, "
-                             "besides --scheme: each layer gets the family and width of least "
-                             "predicted noise per stored bit")
-    parser.set_defaults(_recipe_defaults={a.dest: a.default for a in parser._actions})
-
-
-def apply_recipe(args, *, command: str = "evaluate") -> None:
-    """Fill ``args`` with the switches of ``args.recipe`` (before the command checks them).
-
-    Raises ``ValueError`` when a switch the recipe sets is given too, when ``--bits`` is given
-    (the recipe chooses widths), or when ``--avg-bits`` is missing. Without a recipe, for
-    ``pack``: ``--scheme`` and ``--bits`` are required and ``--avg-bits`` is refused.
-    """
-    name = getattr(args, "recipe", None)
-    defaults = getattr(args, "_recipe_defaults", {})
-    if not name:
-        if command == "pack":
-            if getattr(args, "avg_bits", None) is not None:
-                raise ValueError("--avg-bits is for --recipe (pack writes one width per "
-                                 "layer only with a recipe); use --bits")
-            if getattr(args, "families", None):
-                raise ValueError("--families is for --recipe (pack chooses a family per "
-                                 "layer only with a recipe)")
-            missing = [f for k, f in (("scheme", "--scheme"), ("bits", "--bits"))
-                       if getattr(args, k, None) is None]
-            if missing:
-                raise ValueError(f"{' and '.join(missing)} required (or --recipe NAME "
-                                 "--avg-bits B)")
-        return
-    recipe = RECIPES[name]
-    clash = [flag for k, flag in _FLAGS.items() if k in recipe.settings and hasattr(args, k)
-             and getattr(args, k) not in (None, False, defaults.get(k))]
-    if clash:
-        raise ValueError(f"--recipe {name} sets {', '.join(clash)}; drop "
-                         f"{'it' if len(clash) == 1 else 'them'} (or drop --recipe)")
-    if getattr(args, "bits", None) is not None:
-        raise ValueError(f"--recipe {name} chooses each layer's width: give --avg-bits, "
-                         "not --bits")
-    if getattr(args, "avg_bits", None) is None:
-        raise ValueError(f"--recipe {name} needs --avg-bits (average bits per weight, "
-                         "e.g. 5 or 4)")
-    for k, v in recipe.settings.items():
-        setattr(args, k, v)
-
-
-def recipe_record(args) -> dict:
-    """What a result records of the recipe: ``{"recipe", "recipe_switches"}`` (empty
-    without one)."""
-    name = getattr(args, "recipe", None)
-    if not name:
-        return {}
-    r = RECIPES[name]
-    out = {"recipe": name, "recipe_switches": r.flags().replace(
-        "(with --avg-bits B)", f"--avg-bits {float(args.avg_bits):g}")}
-    if r.optimize is not None:
-        out["recipe_options"] = r.opt_config().as_dict()
-    return out
-
-
-def prepare_task(task, args) -> None:
-    """Before evaluating a task from command-line ``args``: attach its graph when a repair
-    needs it, and record the recipe in ``task.info``."""
-    recipe = RECIPES.get(getattr(args, "recipe", None) or "")
-    optimizing = recipe is not None and recipe.optimize is not None
-    if any(getattr(args, k, False) for k in ("bias_correction", "fold_bn", "equalize")) or \
-            optimizing:
-        if attached(task.params) is None:
-            if task.info.get("source_format") == "onnx":
-                raise ValueError("an ONNX task needs its graph from the node list: build it "
-                                 "with onnx_task(..., attach_graph=True)")
-            attach_task(task)
-    task.info.update(recipe_record(args))
-    if optimizing:
-        rec = attach_optimizer(task.params, recipe.opt_config(),
-                               progress=not getattr(args, "no_progress", False))
-        task.info["datafree_opt"] = rec["last"]  # filled when the model is quantized
-
-
-def pack_wiring(args, params, *, onnx_model=None) -> Wiring:
-    """The traced graph and input statistics of the model ``paper-repro pack`` was given
-    (registry model, digits_cnn, or ``onnx_model``)."""
-    if onnx_model is not None:
-        graph = G.from_onnx(onnx_model)
-        stats = input_statistics(getattr(args, "preprocess", None))
-        mode = args.preprocess
-    elif args.model == "digits_cnn":
-        from paper_repro.feedforward import digits
-
-        graph = G.trace(digits.apply, params, (1, digits.INPUT_SIZE, digits.INPUT_SIZE, 1))
-        stats = input_statistics(None, model="digits_cnn")
-        mode = "digits_cnn"
-    else:
-        from paper_repro.feedforward import models
-
-        spec = models.get(args.model, args.alpha)
-        size = spec.input_size
-        graph = G.trace(models.make_apply(spec), params, (1, size, size, 3))
-        stats = input_statistics(spec.preprocess_mode)
-        mode = spec.preprocess_mode
-    return Wiring(graph, *stats, preprocess=mode)
-
-
-def pack_quantize(args, params, *, onnx_model=None, channel_axis: int | None = None):
-    """``paper-repro pack --recipe``: the repaired quantization of ``params`` for the model
-    named by ``args`` (registry, digits_cnn, or ``onnx_model``). Returns
-    ``(new_params, report, meta)``; ``meta`` records the recipe and the per-layer widths."""
-    wiring = pack_wiring(args, params, onnx_model=onnx_model)
-    pattern = re.compile(args.select)
-    paths = [p for p, x in Q.tree_paths(params) if pattern.fullmatch(p) and np.ndim(x) > 0]
-    if not paths:
-        raise ValueError(f"--select {args.select!r} matches no parameter")
-    kw = {k: getattr(args, k) for k in ("fit", "granularity", "gain", "rounding", "method")
-          if getattr(args, k, None) is not None}
-    if getattr(args, "base", None) is not None:
-        kw["base"] = args.base
-    recipe = RECIPES.get(getattr(args, "recipe", None) or "")
-    if recipe is not None and recipe.optimize is not None:  # progress on stderr
-        attach_optimizer(params, recipe.opt_config(), progress=True)
-    new, report, info = quantize_model(
-        params, paths=paths, scheme=args.scheme, avg_bits=args.avg_bits,
-        fold=bool(getattr(args, "fold_bn", False)), equalize_ranges=bool(getattr(
-            args, "equalize", False)), bias_correction=bool(getattr(args, "bias_correction",
-                                                                    False)),
-        mean_preserving=bool(getattr(args, "mean_preserving", False)), wiring=wiring,
-        channel_axis=channel_axis, families=tuple(getattr(args, "families", None) or ()),
-        progress=True, **kw)
-    meta = {**recipe_record(args), "avg_bits": float(args.avg_bits),
-            "layer_bits": info.get("bits", {})}
-    if "schemes" in info:
-        meta["layer_schemes"] = info["schemes"]
-    if "datafree_opt" in info:  # what was done, not how long it took: same config, same bytes
-        meta["datafree_opt"] = _run_independent(info["datafree_opt"])
-    return new, report, meta
-
-
-def _run_independent(record):
-    """``record`` without what differs from run to run of the same configuration (timings,
-    whether a cache was hit), for a file header."""
-    if isinstance(record, Mapping):
-        return {k: _run_independent(v) for k, v in record.items()
-                if k not in ("seconds", "cached")}
-    return record
-
 
 def describe_recipes() -> str:
     """Text for ``paper-repro recipes``: each recipe, its switches and why."""

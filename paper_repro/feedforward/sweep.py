@@ -98,6 +98,8 @@ class QuantConfig:
     avg_bits: float | None = None
     # with avg_bits: other level families the allocation may choose per layer (repairs.allocate)
     families: tuple[str, ...] = ()
+    # with avg_bits: count the codes as entropy coding stores them (pack --entropy-coding)
+    coded_budget: bool = False
 
     def key(self) -> dict:
         """The config as a dict; the repair switches appear only when set (so the keys of
@@ -112,6 +114,8 @@ class QuantConfig:
         if self.scheme is None:
             return "float"
         b = f"avg{self.avg_bits:g}b" if self.avg_bits is not None else f"{self.bits}b"
+        if self.coded_budget:
+            b += "-coded"
         tags = "".join(f"+{t}" for k, t in (("fold_bn", "fold"), ("equalize", "eq"),
                                             ("mean_preserving", "mp"),
                                             ("bias_correction", "bc")) if getattr(self, k))
@@ -123,7 +127,8 @@ class QuantConfig:
         return any(getattr(self, k) != _REPAIR_DEFAULTS[k] for k in _REPAIRS)
 
 
-_REPAIRS = ("bias_correction", "mean_preserving", "fold_bn", "equalize", "avg_bits", "families")
+_REPAIRS = ("bias_correction", "mean_preserving", "fold_bn", "equalize", "avg_bits", "families",
+            "coded_budget")
 _REPAIR_DEFAULTS = {k: QuantConfig.__dataclass_fields__[k].default for k in _REPAIRS}
 
 
@@ -219,6 +224,10 @@ def config_of(row: dict) -> QuantConfig:
     kw["keep_float"] = tuple(x for x in kf.split(",") if x) if isinstance(kf, str) else tuple(kf)
     fam = kw.get("families", ())
     kw["families"] = tuple(x for x in fam.split(",") if x) if isinstance(fam, str) else tuple(fam)
+    if isinstance(kw.get("coded_budget"), str):
+        kw["coded_budget"] = kw["coded_budget"] == "True"
+    if "coded_budget" in kw:
+        kw["coded_budget"] = bool(kw["coded_budget"])
     return QuantConfig(**kw)
 
 
@@ -261,7 +270,7 @@ def quantize_params(params, cfg: QuantConfig, *, channel_axis: int | None = None
             bias_correction=cfg.bias_correction, mean_preserving=cfg.mean_preserving,
             fit=cfg.fit, granularity=cfg.granularity, gain=cfg.gain, rounding=cfg.rounding,
             method=cfg.method, channel_axis=channel_axis, families=cfg.families,
-            progress=progress)
+            coded_budget=cfg.coded_budget, progress=progress)
         return qp, report
     return Q.quantize_tree(params, select=select, scheme=cfg.scheme, bits=cfg.bits, fit=cfg.fit,
                            granularity=cfg.granularity, gain=cfg.gain, rounding=cfg.rounding,
@@ -305,6 +314,11 @@ def evaluate_config(task: Task, cfg: QuantConfig, *, float_result=None, limit=No
     row.update(storage_accounting(task.params, report) if report else
                {"compression_ratio": 1.0, "float_bytes": 4 * sum(
                    int(np.size(x)) for _, x in Q.tree_paths(task.params))})
+    if cfg.coded_budget and report:  # what the budget counted: the entropy-coded codes
+        ans = storage.packed_nbytes(qparams, report, coding="ans")
+        row["coded_compression_ratio"] = float(ans["ratio"])
+        row["coded_bits_per_weight_with_codebooks"] = float(
+            8 * (ans["codes_bytes"] + ans["codebook_bytes"]) / ans["n_quantized"])
     if float_result is not None and report:
         row.update(paired_drops(float_result, res))
     row["quantize_s"] = round(t_q, 3)
