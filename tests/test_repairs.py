@@ -530,6 +530,73 @@ def test_families_flag_on_evaluate(capsys):
     assert "expected comma-separated level families" in capsys.readouterr().err
 
 
+def test_coded_budget_counts_the_entropy_coded_codes(digits):
+    """coded_budget=: each option costs the ANS model and stream of its nearest-level codes
+    (never more than the fixed width) plus its codebook; the chosen allocation keeps the
+    budget in those bits, so it affords wider codes than a fixed-width budget, and the
+    quantized model's entropy-coded codes and codebooks fit the average."""
+    from paper_repro.core import storage
+
+    paths = [f"{k}/kernel" for k in digits.params]
+    fit = dict(granularity="channel", gain=True)
+    coded = C.choose_levels(digits.params, paths, scheme="exponential", families=("lloyd_max",),
+                            avg_bits=3.0, coded_budget=True, **fit)
+    fixed = C.choose_levels(digits.params, paths, scheme="exponential", families=("lloyd_max",),
+                            avg_bits=3.0, **fit)
+    n = sum(c["size"] for c in coded.values())
+    assert sum(c["storage_bits"] for c in coded.values()) <= 3.0 * n
+    assert all(c["storage_bits"] <= c["fixed_bits"] for c in coded.values())
+    assert sum(c["fixed_bits"] for c in coded.values()) > sum(
+        c["storage_bits"] for c in fixed.values())  # the coded budget buys wider codes
+    qp, report, info = C.quantize_model(digits.params, paths=paths, scheme="exponential",
+                                        families=("lloyd_max",), avg_bits=3.0,
+                                        coded_budget=True, **fit)
+    assert info["bits"] == {p: c["bits"] for p, c in coded.items()}
+    for row in report:
+        codes = np.asarray(row["codes"])
+        ans = storage.codes_nbytes(codes.size, row["n_levels"], codes=codes, coding="ans")
+        assert coded[row["path"]]["storage_bits"] == 8 * ans + 32 * C.codebook_floats(
+            row["quantizer"])
+    sizes = storage.packed_nbytes(qp, report, coding="ans")
+    assert 8 * (sizes["codes_bytes"] + sizes["codebook_bytes"]) / sizes["n_quantized"] <= 3.0
+    with pytest.raises(ValueError, match="needs avg_bits"):
+        C.quantize_model(digits.params, paths=paths, scheme="exponential", bits=3,
+                         coded_budget=True)
+
+
+def test_coded_budget_on_pack_and_evaluate(tmp_path, capsys):
+    """--coded-budget: pack --entropy-coding writes a file whose entropy-coded codes and
+    codebooks average at most the budget (up to the few codes the recipe's re-rounding
+    moves), records it, and evaluate reads back the model that evaluate --coded-budget
+    quantizes; refused in one line where it means nothing."""
+    out = tmp_path / "c.prq"
+    assert cli.main(["pack", "--model", "digits_cnn", "--recipe", "datafree", "--avg-bits",
+                     "3", "--coded-budget", "--entropy-coding", "--out", str(out),
+                     "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["meta"]["coded_budget"] is True
+    assert 8 * (info["codes_bytes"] + info["codebook_bytes"]) / info["n_quantized"] <= 3.0 * 1.02
+    assert cli.main(["evaluate", "--model", "digits_cnn", "--weights", str(out), "--json"]) == 0
+    packed = json.loads(capsys.readouterr().out)
+    assert packed["label"] == "datafree/exponential+lloyd_max/avg3b-coded (packed)"
+    assert cli.main(["evaluate", "--model", "digits_cnn", "--recipe", "datafree", "--avg-bits",
+                     "3", "--coded-budget", "--json"]) == 0
+    direct = json.loads(capsys.readouterr().out)
+    assert direct["label"].endswith("avg3b-coded+mp+bc") and direct["coded_budget"] is True
+    assert direct["top1"] == packed["top1"]
+    assert direct["coded_bits_per_weight_with_codebooks"] <= 3.0 * 1.02
+    for argv, message in (
+            (["pack", "--model", "digits_cnn", "--recipe", "datafree", "--avg-bits", "3",
+              "--coded-budget", "--out", str(out)], "--coded-budget counts entropy-coded bits"),
+            (["pack", "--model", "digits_cnn", "--scheme", "linear", "--bits", "4",
+              "--coded-budget", "--out", str(out)], "--coded-budget is for --recipe"),
+            (["evaluate", "--model", "digits_cnn", "--scheme", "exponential", "--bits", "3",
+              "--coded-budget"], "--coded-budget (entropy-coded bits counted) needs --avg-bits")):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_quant_config_keys_unchanged_by_default():
     cfg = E.QuantConfig(scheme="linear", bits=4)
     assert not set(cfg.key()) & {"bias_correction", "avg_bits", "fold_bn", "equalize",

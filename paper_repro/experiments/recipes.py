@@ -24,6 +24,12 @@ codes, and ANS-coded in the compact form of ``pack --compact`` (batch norms fold
 codebooks, constants as one number, compressed header), beside the codes' empirical entropy
 (the limit an entropy coder can reach). No real
 image touches the quantization: the images are only used to measure accuracy.
+
+``datafree/allocation``: each layer's width and level family as the recipes choose them
+(weights only, no images). ``datafree/coded_budget``: ``datafree-opt`` with its average
+counted in fixed-width bits (as above) and in entropy-coded bits (``--coded-budget``), each
+against the size of its compact entropy-coded file: which count buys more accuracy per byte
+of the file that is actually stored.
 """
 
 from __future__ import annotations
@@ -197,6 +203,14 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def drop_bars(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' top-1 drops and their asymmetric 95 % interval bars, for ``errorbar``."""
+    y = np.array([r["top1_drop"] for r in rows])
+    err = np.array([[r["top1_drop"] - r["top1_drop_low"] for r in rows],
+                    [r["top1_drop_high"] - r["top1_drop"] for r in rows]])
+    return y, err
+
+
 def plot_recipes(rows: list[dict]):
     """Top-1 drop against the real file's compression ratio, one panel per network: filled
     markers fixed-width codes, hollow markers the same models ANS-coded; each average width
@@ -217,9 +231,7 @@ def plot_recipes(rows: list[dict]):
             rr = sorted((r for r in q if r["recipe"] == name), key=lambda r: r["avg_bits"])
             if not rr:
                 continue
-            y = np.array([r["top1_drop"] for r in rr])
-            err = np.array([[r["top1_drop"] - r["top1_drop_low"] for r in rr],
-                            [r["top1_drop_high"] - r["top1_drop"] for r in rr]])
+            y, err = drop_bars(rr)
             for coding, face in (("fixed", colors[name]), ("ans", "white")):
                 x = np.array([r[f"{coding}_ratio"] for r in rr])
                 ax.errorbar(x, y, yerr=err, color=colors[name], mfc=face, marker="o",
@@ -476,9 +488,7 @@ def plot_budget(rows: list[dict], *, target_ratio: float = 8.0):
             if not rr:
                 continue
             x = np.array([r["compact_ratio"] for r in rr])
-            y = np.array([r["top1_drop"] for r in rr])
-            err = np.array([[r["top1_drop"] - r["top1_drop_low"] for r in rr],
-                            [r["top1_drop_high"] - r["top1_drop"] for r in rr]])
+            y, err = drop_bars(rr)
             ax.errorbar(x, y, yerr=err, color=color, marker=marker, capsize=3, lw=1,
                         label=f"average counts {name}")
             for r in rr:
