@@ -1296,7 +1296,8 @@ def quantize_model(params, *, paths: Sequence[str], scheme: str, bits: int | Non
             channel_axis=fit_kwargs.get("channel_axis"),
             progress=bool(hit["progress"]) if hit is not None else False)
         info["datafree_opt"] = calibration.summary(oinfo)
-        if hit is not None:  # in place: task.info holds this dict (prepare_task)
+        # in place: task.info holds this dict (paper_repro.commands._recipe.prepare_task)
+        if hit is not None:
             hit["last"].clear()
             hit["last"].update(info["datafree_opt"])
     if mean_preserving:
