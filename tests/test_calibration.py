@@ -175,6 +175,49 @@ def test_learned_rounding_lowers_the_layer_output_error(tiny):
         assert moved == (p.endswith("moving_mean") or p == "fc/bias"), p
 
 
+class TinySeparable(nn.Module):
+    """conv 3x3 - BN - ReLU - separable 3x3 (depthwise and pointwise kernels in one layer) -
+    BN - ReLU - global average - dense."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = L.relu(L.BatchNorm(name="conv1_bn")(L.Conv2D(8, 3, padding="same", use_bias=False,
+                                                         name="conv1")(x)))
+        x = L.SeparableConv2D(12, 3, padding="same", use_bias=False, name="sep")(x)
+        x = L.relu(L.BatchNorm(name="sep_bn")(x))
+        return L.Dense(10, name="fc")(L.global_avg_pool(x))
+
+
+def test_a_layer_the_rounding_cannot_learn_keeps_its_start_and_its_shift_is_absorbed():
+    """A separable convolution (two kernels in one traced layer) cannot be written as patches
+    times one kernel: it keeps its starting codes, its mean output shift on the calibration
+    images still goes into the next batch norm, the layers around it are learned, and the
+    summary names it with the reason."""
+    model = TinySeparable()
+    params = jax.tree_util.tree_map(np.asarray, model.init(
+        jax.random.PRNGKey(1), jnp.zeros((1, SIZE, SIZE, 3)))["params"])
+    params = {k: dict(v) for k, v in params.items()}
+    g = G.trace(lambda p, x: TinySeparable().apply({"params": p}, x), params,
+                (1, SIZE, SIZE, 3))
+    imgs = np.random.default_rng(0).uniform(-1, 1, (12, SIZE, SIZE, 3)).astype(np.float32)
+    qp, report = Q.quantize_tree(params, scheme="linear", bits=3, granularity="channel",
+                                 gain=True)
+    cfg = C.OptConfig(round_steps=50, bias_correction="synthetic")
+    new, rep, layers = C.learn_rounding(g, params, qp, report, imgs, config=cfg)
+    by = {r["layer"]: r for r in layers}
+    assert list(by) == ["conv1", "sep", "fc"]
+    assert by["sep"]["kept"] == "start" and "2 kernels in one layer" in by["sep"]["not_learned"]
+    assert "not_learned" not in by["conv1"] and "not_learned" not in by["fc"]
+    start = {r["path"]: np.asarray(r["codes"]) for r in report}
+    for r in rep:
+        if r["path"].startswith("sep/"):
+            np.testing.assert_array_equal(np.asarray(r["codes"]), start[r["path"]])
+    assert not np.array_equal(new["sep_bn"]["moving_mean"], params["sep_bn"]["moving_mean"])
+    assert by["sep"]["max_abs_shift"] > 0
+    summ = C.summary({"layers": layers})
+    assert list(summ["not_learned"]) == ["sep"] and summ["layers"] == 2
+
+
 def test_optimize_is_cached_and_identical(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("PAPER_REPRO_CACHE", str(tmp_path))
     params, g, _ = tiny

@@ -40,8 +40,11 @@ against the float network's own behaviour on images synthesized from the network
    other widths reuse them.
 
 Conventions: a :class:`paper_repro.feedforward.graph.Graph` gives the wiring and each node's
-computation; supported quantized layers are ``conv`` (any kernel size, stride, zero padding),
-``depthwise`` (multiplier 1) and ``dense``; another layer type raises ``ValueError``.
+computation; the rounding is learned for ``conv`` (any kernel size, stride, zero padding),
+``depthwise`` (multiplier 1) and ``dense`` layers. Any other quantized layer (several kernels
+in one traced layer, such as a separable convolution's depthwise and pointwise kernels, or
+another layer type) keeps its starting (SQuant) codes, its mean output shift is absorbed as
+for the others, and :func:`summary` names it under ``not_learned`` with the reason.
 """
 
 from __future__ import annotations
@@ -773,17 +776,25 @@ def learn_rounding(graph: G.Graph, params_float, params_q, report: list[dict], i
     for node in graph.nodes:
         xs_f = [env_f[i] for i in node.inputs]
         xs_q = [env_q[i] for i in node.inputs]
+        form = None
         if node in todo:
             t0 = time.perf_counter()
-            path = node.kernels[0]
-            if len(node.kernels) != 1:
-                raise ValueError(f"learned rounding does not handle layer {node.name!r} with "
-                                 f"kernels {list(node.kernels)}")
+            try:
+                form = _form_of(graph, node, vf, axis_fn, xs_f[0][:2])
+            except ValueError as e:  # keeps its starting codes; its shift is still absorbed
+                info = {"layer": node.name, "path": ",".join(node.kernels), "kept": "start",
+                        "not_learned": str(e)}
+                shift = _start_shift(graph, node, vf, vq, vf_np, xs_q, n_cal, moments, config)
+                if shift is not None:
+                    _absorb(graph, node, shift, vq, orig, changed, info)
+                info["seconds"] = round(time.perf_counter() - t0, 2)
+                layers.append(info)
+                bar.update(1)
+                bar.set_postfix_str(f"{node.name}: starting codes kept")
+        if form is not None:
+            path = form.kernel
             row = rows[path]
             w = np.asarray(vf[path], np.float64)
-            oa = axis_fn(path, w)
-            form = layer_form(graph, node, w, out_axis=oa)
-            _check_form(graph, node, form, vf, xs_f[0][:2])
             xq, xf = xs_q[0], xs_f[0]
             mom = patch_moments(form, xq[:n_cal], xf[:n_cal], chunk=config.chunk)
             val = patch_moments(form, xq[n_cal:], xf[n_cal:], chunk=config.chunk) \
@@ -800,20 +811,7 @@ def learn_rounding(graph: G.Graph, params_float, params_q, report: list[dict], i
                     vq_k = {k: np.asarray(vq[k], np.float64) for k in node.kernels}
                     shift = repairs.layer_shifts(graph, vf_np, vq_k, {
                         node.name: moments[node.inputs[0]].mean})[node.name]
-                sink = _sink(graph, node, vq)
-                if sink is None:  # no bias, batch norm or creatable bias: left as is
-                    info["shift_absorbed"] = False
-                else:
-                    kind, spath = sink
-                    if kind == "new":
-                        changed[spath] = (-shift).astype(np.float32)
-                    else:
-                        cur = np.asarray(orig[spath]) if spath not in changed else \
-                            changed[spath]
-                        val = cur.astype(np.float64) + (shift if kind == "bn" else -shift)
-                        changed[spath] = val.astype(cur.dtype)
-                    vq[spath] = jnp.asarray(changed[spath])
-                info["max_abs_shift"] = float(np.abs(shift).max())
+                _absorb(graph, node, shift, vq, orig, changed, info)
             new_report[path] = {**row, "codes": jnp.asarray(codes),
                                 "r": float(corr_mod.sample_r(jnp.asarray(w, jnp.float32),
                                                              jnp.asarray(w_hat))),
@@ -825,6 +823,9 @@ def learn_rounding(graph: G.Graph, params_float, params_q, report: list[dict], i
             bar.update(1)
             bar.set_postfix_str(f"{node.name}: error x{info['learned'] / max(info['nearest'], 1e-30):.2f} "
                                 "of nearest")
+        elif node in todo:
+            env_f[node.name] = _run_node(graph, node, vf, xs_f)
+            env_q[node.name] = _run_node(graph, node, vq, xs_q)
         else:
             env_f[node.name] = _run_node(graph, node, vf, xs_f)
             env_q[node.name] = _run_node(graph, node, vq, xs_q)
@@ -838,6 +839,62 @@ def learn_rounding(graph: G.Graph, params_float, params_q, report: list[dict], i
     for p, v in changed.items():
         repairs._set(new, p, v)
     return new, [new_report[r["path"]] for r in report], layers
+
+
+def _form_of(graph: G.Graph, node: G.Node, values, axis_fn, x) -> LayerForm:
+    """The node's single quantized kernel as input patches times a matrix, checked against
+    the node on ``x``; ``ValueError`` (the reason) where learned rounding cannot express it
+    (several kernels in one node, e.g. a separable convolution; another layer type)."""
+    if len(node.kernels) != 1:
+        raise ValueError(f"{len(node.kernels)} kernels in one layer "
+                         f"({', '.join(node.kernels)})")
+    path = node.kernels[0]
+    w = np.asarray(values[path], np.float64)
+    form = layer_form(graph, node, w, out_axis=axis_fn(path, w))
+    _check_form(graph, node, form, values, x)
+    return form
+
+
+def _start_shift(graph, node, vf, vq, vf_np, xs_q, n_cal, moments, config) -> np.ndarray | None:
+    """The mean output shift ``E[y_q - y_f]`` per output channel of a layer that keeps its
+    starting codes: analytic (from the float network's input means) or measured on the
+    calibration images with the quantized network's inputs; ``None`` without correction."""
+    from paper_repro.feedforward import repairs
+
+    if config.bias_correction == "none":
+        return None
+    if config.bias_correction == "analytic":
+        vq_k = {k: np.asarray(vq[k], np.float64) for k in node.kernels}
+        return repairs.layer_shifts(graph, vf_np, vq_k,
+                                    {node.name: moments[node.inputs[0]].mean})[node.name]
+    xs = [a[:n_cal] for a in xs_q]
+    v0 = dict(vq)
+    v0.update({k: vf[k] for k in node.kernels})
+    d = np.asarray(_run_node(graph, node, vq, xs) - _run_node(graph, node, v0, xs), np.float64)
+    return _channel_mean(d, graph.channel_axis)
+
+
+def _channel_mean(y: np.ndarray, axis: int) -> np.ndarray:
+    ax = axis % y.ndim
+    return y.mean(axis=tuple(a for a in range(y.ndim) if a != ax))
+
+
+def _absorb(graph, node, shift, vq, orig, changed, info) -> None:
+    """Absorb ``shift`` (per output channel) into the node's bias, the batch norm after it or
+    a new bias (updating ``vq`` and ``changed``); ``info`` records it."""
+    sink = _sink(graph, node, vq)
+    if sink is None:  # no bias, batch norm or creatable bias: left as is
+        info["shift_absorbed"] = False
+    else:
+        kind, spath = sink
+        if kind == "new":
+            changed[spath] = (-shift).astype(np.float32)
+        else:
+            cur = np.asarray(orig[spath]) if spath not in changed else changed[spath]
+            val = cur.astype(np.float64) + (shift if kind == "bn" else -shift)
+            changed[spath] = val.astype(cur.dtype)
+        vq[spath] = jnp.asarray(changed[spath])
+    info["max_abs_shift"] = float(np.abs(shift).max())
 
 
 def _check_form(graph, node, form: LayerForm, values, x):
@@ -1149,7 +1206,11 @@ def summary(info: Mapping[str, Any]) -> dict:
     out = {k: info[k] for k in ("seconds", "cached", "cache_key", "learn_skipped") if k in info}
     if "synthesis" in info:
         out["synthesis"] = dict(info["synthesis"])
-    layers = info.get("layers") or []
+    every = info.get("layers") or []
+    layers = [r for r in every if "not_learned" not in r]
+    if len(layers) < len(every):  # starting codes kept where the rounding cannot be learned
+        out["not_learned"] = {r["layer"]: r["not_learned"] for r in every
+                              if "not_learned" in r}
     if layers:
         kept: dict[str, int] = {}
         for r in layers:
