@@ -772,7 +772,6 @@ def learn_rounding(graph: G.Graph, params_float, params_q, report: list[dict], i
     bar = tqdm(total=len(todo), desc="learned rounding", unit="layer", disable=not progress)
     new_report = dict(rows)
     layers = []
-    ax = graph.channel_axis
     for node in graph.nodes:
         xs_f = [env_f[i] for i in node.inputs]
         xs_q = [env_q[i] for i in node.inputs]
