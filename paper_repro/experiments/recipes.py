@@ -518,6 +518,7 @@ register(Experiment(
     inputs=("mobilenet-0.75-keras", "shufflenet-v2-x0.5-onnx", "imagenet-val-1300"),
     smoke_inputs=(),
     notebook="datafree",
-    runtime="about 20 min with the synthetic images cached (2 cores): three new optimized "
-            "roundings of MobileNet, about 3 min each; under a minute smoke",
+    runtime="10 min measured with the synthetic images and the fixed-budget roundings cached "
+            "(2 cores): three new optimized roundings of MobileNet, about 2 min each; 30 s "
+            "smoke",
 ))
