@@ -807,9 +807,7 @@ def learn_rounding(graph: G.Graph, params_float, params_q, report: list[dict], i
             changed[path] = w_hat
             if config.bias_correction != "none":
                 if config.bias_correction == "analytic":
-                    vq_k = {k: np.asarray(vq[k], np.float64) for k in node.kernels}
-                    shift = repairs.layer_shifts(graph, vf_np, vq_k, {
-                        node.name: moments[node.inputs[0]].mean})[node.name]
+                    shift = _analytic_shift(graph, node, vq, vf_np, moments)
                 _absorb(graph, node, shift, vq, orig, changed, info)
             new_report[path] = {**row, "codes": jnp.asarray(codes),
                                 "r": float(corr_mod.sample_r(jnp.asarray(w, jnp.float32),
@@ -822,9 +820,6 @@ def learn_rounding(graph: G.Graph, params_float, params_q, report: list[dict], i
             bar.update(1)
             bar.set_postfix_str(f"{node.name}: error x{info['learned'] / max(info['nearest'], 1e-30):.2f} "
                                 "of nearest")
-        elif node in todo:
-            env_f[node.name] = _run_node(graph, node, vf, xs_f)
-            env_q[node.name] = _run_node(graph, node, vq, xs_q)
         else:
             env_f[node.name] = _run_node(graph, node, vf, xs_f)
             env_q[node.name] = _run_node(graph, node, vq, xs_q)
@@ -858,19 +853,25 @@ def _start_shift(graph, node, vf, vq, vf_np, xs_q, n_cal, moments, config) -> np
     """The mean output shift ``E[y_q - y_f]`` per output channel of a layer that keeps its
     starting codes: analytic (from the float network's input means) or measured on the
     calibration images with the quantized network's inputs; ``None`` without correction."""
-    from paper_repro.feedforward import repairs
-
     if config.bias_correction == "none":
         return None
     if config.bias_correction == "analytic":
-        vq_k = {k: np.asarray(vq[k], np.float64) for k in node.kernels}
-        return repairs.layer_shifts(graph, vf_np, vq_k,
-                                    {node.name: moments[node.inputs[0]].mean})[node.name]
+        return _analytic_shift(graph, node, vq, vf_np, moments)
     xs = [a[:n_cal] for a in xs_q]
     v0 = dict(vq)
     v0.update({k: vf[k] for k in node.kernels})
     d = np.asarray(_run_node(graph, node, vq, xs) - _run_node(graph, node, v0, xs), np.float64)
     return _channel_mean(d, graph.channel_axis)
+
+
+def _analytic_shift(graph, node, vq, vf_np, moments) -> np.ndarray:
+    """The expected output shift of ``node``'s quantized kernels (in ``vq``) from the float
+    network's analytic input mean (:func:`paper_repro.feedforward.repairs.layer_shifts`)."""
+    from paper_repro.feedforward import repairs
+
+    vq_k = {k: np.asarray(vq[k], np.float64) for k in node.kernels}
+    return repairs.layer_shifts(graph, vf_np, vq_k,
+                                {node.name: moments[node.inputs[0]].mean})[node.name]
 
 
 def _channel_mean(y: np.ndarray, axis: int) -> np.ndarray:
