@@ -238,5 +238,8 @@ def run(args) -> int:
             print(f"drop top-1 {row['top1_drop']:+.2f} points "
                   f"[{row['top1_drop_low']:+.2f}, {row['top1_drop_high']:+.2f}], "
                   f"McNemar p = {row['top1_mcnemar_p']:.3g}; compression x"
-                  f"{row['compression_ratio']:.2f}; mean r {row['r_mean']:.4f}")
+                  f"{row['compression_ratio']:.2f}"
+                  + (f" (x{row['coded_compression_ratio']:.2f} entropy-coded)"
+                     if "coded_compression_ratio" in row else "")
+                  + f"; mean r {row['r_mean']:.4f}")
     return 0

@@ -315,8 +315,10 @@ def evaluate_config(task: Task, cfg: QuantConfig, *, float_result=None, limit=No
                {"compression_ratio": 1.0, "float_bytes": 4 * sum(
                    int(np.size(x)) for _, x in Q.tree_paths(task.params))})
     if cfg.coded_budget and report:  # what the budget counted: the entropy-coded codes
+        # same accounting as compression_ratio (codes, codebooks, kept floats; no header)
         ans = storage.packed_nbytes(qparams, report, coding="ans")
-        row["coded_compression_ratio"] = float(ans["ratio"])
+        row["coded_compression_ratio"] = float(ans["float_bytes"] / (
+            ans["codes_bytes"] + ans["codebook_bytes"] + ans["float_kept_bytes"]))
         row["coded_bits_per_weight_with_codebooks"] = float(
             8 * (ans["codes_bytes"] + ans["codebook_bytes"]) / ans["n_quantized"])
     if float_result is not None and report:
