@@ -164,15 +164,22 @@ def recipe_row(task, recipe_name: str, avg_bits: float, float_res, *, progress: 
     return row
 
 
-def _compute(config: dict, ctx: Context) -> dict:
+def _float_baseline(model: str, ctx: Context, **tags):
+    """``(task, float result, float row)`` of a network: the row every table starts with
+    (``tags``: the table's own columns, empty for float)."""
     from paper_repro.feedforward import sweep as E
 
+    task = _task(model, ctx)
+    float_res = E.evaluate_params(task, task.params, progress=ctx.progress)
+    return task, float_res, {"model": model, "recipe": "float", **tags, "avg_bits": 32.0,
+                             **_scores(float_res)}
+
+
+def _compute(config: dict, ctx: Context) -> dict:
     rows = []
     for model in config["models"]:
-        task = _task(model, ctx)
-        float_res = E.evaluate_params(task, task.params, progress=ctx.progress)
-        rows.append({"model": model, "recipe": "float",
-                     "avg_bits": 32.0, **_scores(float_res)})
+        task, float_res, float_row = _float_baseline(model, ctx)
+        rows.append(float_row)
         for levels in config["levels"]:
             for recipe in config["recipes"]:
                 for b in config["avg_bits"]:
@@ -211,18 +218,35 @@ def drop_bars(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     return y, err
 
 
+def _network_panels(models: list[str]):
+    """``(fig, axes)``: one panel per network, side by side (``axes[0][i]``)."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
+
+
+def _label_panel(ax, model: str, xlabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_title(model, fontsize=9)
+    ax.grid(alpha=0.3)
+
+
+def _finish_panels(fig, axes) -> None:
+    """The drop axis labelled on the first panel, the legend on the last."""
+    axes[0][0].set_ylabel("top-1 drop vs float (points), 95 % CI")
+    axes[0][-1].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+
+
 def plot_recipes(rows: list[dict]):
     """Top-1 drop against the real file's compression ratio, one panel per network: filled
     markers fixed-width codes, hollow markers the same models ANS-coded; each average width
     labelled once, above its fixed-width points. The
     named recipes only (a level family per layer); the one-family variants are in the
     table."""
-    import matplotlib.pyplot as plt
-
-
     models = list(dict.fromkeys(r["model"] for r in rows))
     named = _recipe_levels()  # the recipes as named (a level family per layer)
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
+    fig, axes = _network_panels(models)
     colors = {"datafree": "C0", "datafree-opt": "C3"}
     for ax, model in zip(axes[0], models, strict=True):
         q = [r for r in rows if r["model"] == model and r["recipe"] != "float"
@@ -247,12 +271,8 @@ def plot_recipes(rows: list[dict]):
         ax.axhline(0, color="k", lw=0.8)
         lo, hi = ax.get_ylim()
         ax.set_ylim(lo, hi + 0.08 * (hi - lo))  # room for the width labels
-        ax.set_xlabel("file size ratio, float32 / packed file")
-        ax.set_title(model, fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("top-1 drop vs float (points), 95 % CI")
-    axes[0][-1].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+        _label_panel(ax, model, "file size ratio, float32 / packed file")
+    _finish_panels(fig, axes)
     return fig
 
 
@@ -439,14 +459,10 @@ def _budget_config(smoke: bool) -> dict:
 
 
 def _budget_compute(config: dict, ctx: Context) -> dict:
-    from paper_repro.feedforward import sweep as E
-
     rows = []
     for model in config["models"]:
-        task = _task(model, ctx)
-        float_res = E.evaluate_params(task, task.params, progress=ctx.progress)
-        rows.append({"model": model, "recipe": "float", "budget": "", "avg_bits": 32.0,
-                     **_scores(float_res)})
+        task, float_res, float_row = _float_baseline(model, ctx, budget="")
+        rows.append(float_row)
         for budget in config["budgets"]:
             for b in config["avg_bits"]:
                 row = recipe_row(task, config["recipe"], b, float_res, progress=ctx.progress,
@@ -476,10 +492,9 @@ def plot_budget(rows: list[dict], *, target_ratio: float = 8.0):
     """Top-1 drop against the compact entropy-coded file's ratio, one panel per network: the
     recipe with its average counted at fixed width (circles) and counted as entropy-coded
     bits (squares), each average labelled; the dashed line marks ``target_ratio``."""
-    import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
+    fig, axes = _network_panels(models)
     style = {"fixed": ("C3", "o", "fixed-width bits"), "coded": ("C2", "s", "entropy-coded bits")}
     for ax, model in zip(axes[0], models, strict=True):
         for budget, (color, marker, name) in style.items():
@@ -497,12 +512,8 @@ def plot_budget(rows: list[dict], *, target_ratio: float = 8.0):
                             color=color)
         ax.axhline(0, color="k", lw=0.8)
         ax.axvline(target_ratio, color="0.5", lw=0.8, ls="--")
-        ax.set_xlabel("file size ratio, float32 / compact ANS file")
-        ax.set_title(model, fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("top-1 drop vs float (points), 95 % CI")
-    axes[0][-1].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+        _label_panel(ax, model, "file size ratio, float32 / compact ANS file")
+    _finish_panels(fig, axes)
     return fig
 
 
