@@ -224,10 +224,8 @@ def config_of(row: dict) -> QuantConfig:
     kw["keep_float"] = tuple(x for x in kf.split(",") if x) if isinstance(kf, str) else tuple(kf)
     fam = kw.get("families", ())
     kw["families"] = tuple(x for x in fam.split(",") if x) if isinstance(fam, str) else tuple(fam)
-    if isinstance(kw.get("coded_budget"), str):
-        kw["coded_budget"] = kw["coded_budget"] == "True"
-    if "coded_budget" in kw:
-        kw["coded_budget"] = bool(kw["coded_budget"])
+    cb = kw.get("coded_budget", False)  # "True" / "False" from a CSV row
+    kw["coded_budget"] = cb == "True" if isinstance(cb, str) else bool(cb)
     return QuantConfig(**kw)
 
 
