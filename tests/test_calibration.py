@@ -104,6 +104,27 @@ def test_synthetic_images_match_bn_statistics_better_than_their_start(tiny):
     assert same.tobytes() == imgs.tobytes()  # deterministic
 
 
+def test_a_diverging_synthesis_stops_and_keeps_its_best_images(tiny):
+    """Steps far too large for the statistics: the loss leaves its start and stays above it;
+    the synthesis stops after ``patience`` such steps with the images of its lowest loss."""
+    params, g, _ = tiny
+    _, targets = C.targets_for(g, params, in_mean=IN_MEAN, in_std=IN_STD)
+    kw = dict(n_images=6, lr=50.0, seed=3, chunk=4, **_stats())
+    imgs, hist = C.synthesize(g, params, targets, steps=40, patience=5, **kw)
+    assert 6 <= len(hist) < 41  # stopped early
+    assert all(h > hist[0] for h in hist[-5:])  # five steps in a row above the start
+    assert C.target_mismatch(g, params, targets, imgs) == pytest.approx(min(hist), rel=1e-4)
+    out = C.synthesis_outcome(hist, 40)
+    assert out == {"loss_end": min(hist), "diverged_at": len(hist) - 1}
+    full, hist_full = C.synthesize(g, params, targets, steps=40, patience=0, **kw)
+    assert len(hist_full) == 41 and hist_full[:len(hist)] == hist  # same path, not stopped
+    assert C.synthesis_outcome(hist_full, 40) == {"loss_end": hist_full[-1]}
+    # a converging synthesis is never stopped: the same images with and without the rule
+    a, ha = C.synthesize(g, params, targets, steps=20, **dict(kw, lr=0.1))
+    b, hb = C.synthesize(g, params, targets, steps=20, patience=0, **dict(kw, lr=0.1))
+    assert len(ha) == 21 and a.tobytes() == b.tobytes()
+
+
 def test_moment_targets_without_batch_norm():
     """The digits CNN has no batch norm: targets come from the analytic moments."""
     params = digits.load_or_train()

@@ -71,6 +71,8 @@ from paper_repro.feedforward import rounding as RD
 
 CACHE_FORMAT = 2  # 2: learned rounding only where synthesis reproduces its targets
 BIAS_CORRECTIONS = ("analytic", "synthetic", "none")
+# a synthesis whose loss stays above its start this many steps in a row has diverged
+DIVERGED_AFTER = 10
 # rectified sigmoid of AdaRound: h(V) = clip(sigmoid(V) (ZETA - GAMMA) + GAMMA, 0, 1)
 ZETA, GAMMA = 1.1, -0.1
 
@@ -293,7 +295,8 @@ def statistic_loss(sums, counts, targets: Sequence[Target], *, first_weight: flo
 def synthesize(graph: G.Graph, params, targets: Sequence[Target], *, n_images: int,
                steps: int, lr: float, seed: int, in_mean, in_std, in_lo, in_hi,
                init: str = "pink", first_weight: float = 1.0, chunk: int = 8,
-               progress: bool = False) -> tuple[np.ndarray, list[float]]:
+               patience: int = DIVERGED_AFTER, progress: bool = False
+               ) -> tuple[np.ndarray, list[float]]:
     """ZeroQ images: ``(images (n_images, *input_shape[1:]) float32, loss per step)``.
 
     Starts from noise of mean ``in_mean`` and standard deviation ``in_std`` per channel
@@ -303,6 +306,11 @@ def synthesize(graph: G.Graph, params, targets: Sequence[Target], *, n_images: i
     ``steps`` Adam steps (optax, rate ``lr`` in units of ``in_std``, cosine decay) on
     :func:`statistic_loss`, each followed by clipping to the input range. The loss list has
     ``steps + 1`` entries (the last: the returned images). Deterministic for a seed.
+
+    A synthesis that diverges, its loss above the starting loss for ``patience`` steps in a
+    row (targets the network cannot reach from these inputs, e.g. approximate analytic
+    moments), stops there and returns the images of the lowest loss in the list, which then
+    has fewer than ``steps + 1`` entries (:func:`synthesis_outcome` reads it).
     """
     import optax
 
@@ -359,12 +367,20 @@ def synthesize(graph: G.Graph, params, targets: Sequence[Target], *, n_images: i
     from tqdm.auto import tqdm
 
     bar = tqdm(total=steps, desc="synthesizing images", unit="step", disable=not progress)
+    best = (np.inf, u)
+    above = 0  # steps in a row with the loss above the start's
     for step in range(steps + 1):
         parts = [sums_j(u[i:i + chunk]) for i in range(0, n_images, chunk)]
         tot = jax.tree_util.tree_map(lambda *a: sum(a[1:], a[0]), *parts)
         val, ct = loss_and_ct(tot)
         history.append(float(val))
+        if history[-1] < best[0]:
+            best = (history[-1], u)
         if step == steps:
+            break
+        above = above + 1 if history[-1] > history[0] else 0
+        if above >= patience > 0:  # diverged: back to the images of the lowest loss
+            u = best[1]
             break
         g = jnp.concatenate([grad_j(u[i:i + chunk], ct) for i in range(0, n_images, chunk)])
         upd, state = opt.update(g, state, u)
@@ -373,6 +389,15 @@ def synthesize(graph: G.Graph, params, targets: Sequence[Target], *, n_images: i
         bar.set_postfix_str(f"loss {history[-1]:.4f}")
     bar.close()
     return np.asarray(mean + std * u, np.float32), history
+
+
+def synthesis_outcome(history: Sequence[float], steps: int) -> dict:
+    """``{"loss_end": the returned images' loss}``, with ``"diverged_at"`` (the step it stopped
+    at) where :func:`synthesize` stopped a diverging run (``history`` shorter than ``steps +
+    1``: its images are those of the lowest loss)."""
+    if len(history) == steps + 1:
+        return {"loss_end": history[-1]}
+    return {"loss_end": min(history), "diverged_at": len(history) - 1}
 
 
 def pink_noise(key, shape: Sequence[int], *, channel_axis: int = -1) -> jax.Array:
@@ -1040,7 +1065,8 @@ def synthetic_images(graph: G.Graph, params, *, config: OptConfig, in_mean, in_s
                               init=config.synth_init, first_weight=config.synth_first_weight,
                               chunk=config.chunk, progress=progress)
     info = {"targets": kind, "n_targets": len(targets), "loss_start": hist[0],
-            "loss_end": hist[-1], "seconds": round(time.perf_counter() - t0, 1)}
+            **synthesis_outcome(hist, config.synth_steps),
+            "seconds": round(time.perf_counter() - t0, 1)}
     if cache:
         _atomic_savez(path, images=images, info=np.array(json.dumps(info)))
     return images, {**info, "cached": False}
@@ -1100,10 +1126,12 @@ def optimize(params_float, params_q, report: list[dict], *, graph: G.Graph, in_m
         info["synthesis"] = sinfo
         if not sinfo["loss_end"] <= config.synth_tolerance:
             learn = False
+            why = (f", the synthesis diverged at step {sinfo['diverged_at']}"
+                   if "diverged_at" in sinfo else "")
             info["learn_skipped"] = (
                 f"the synthetic images miss their {sinfo['targets']} targets (statistic loss "
-                f"{sinfo['loss_end']:.3g} > {config.synth_tolerance:g}): SQuant rounding and "
-                "the analytic bias correction of the anchored layers kept")
+                f"{sinfo['loss_end']:.3g} > {config.synth_tolerance:g}{why}): SQuant rounding "
+                "and the analytic bias correction of the anchored layers kept")
     if learn:
         qp, rep, layers = learn_rounding(graph, params_float, qp, rep, images, config=config,
                                          channel_axis=channel_axis, in_mean=in_mean,
