@@ -125,6 +125,20 @@ def test_a_diverging_synthesis_stops_and_keeps_its_best_images(tiny):
     assert len(ha) == 21 and a.tobytes() == b.tobytes()
 
 
+def test_a_synthesis_that_turns_to_nan_stops_at_once_with_its_start(tiny):
+    """A step that makes the images NaN (here a NaN rate) stops the synthesis at once, and
+    the images returned are the last finite ones, not NaN."""
+    params, g, _ = tiny
+    _, targets = C.targets_for(g, params, in_mean=IN_MEAN, in_std=IN_STD)
+    kw = dict(n_images=6, seed=3, chunk=4, **_stats())
+    start, h0 = C.synthesize(g, params, targets, steps=0, lr=0.1, **kw)
+    imgs, hist = C.synthesize(g, params, targets, steps=20, lr=float("nan"), **kw)
+    assert len(hist) == 2 and hist[0] == h0[0] and not np.isfinite(hist[1])
+    assert imgs.tobytes() == start.tobytes()
+    assert C.synthesis_outcome(hist, 20) == {"loss_end": hist[0], "diverged_at": 1}
+    assert C.synthesis_outcome([float("nan")], 0) == {"loss_end": None, "diverged_at": 0}
+
+
 def test_moment_targets_without_batch_norm():
     """The digits CNN has no batch norm: targets come from the analytic moments."""
     params = digits.load_or_train()

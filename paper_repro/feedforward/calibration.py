@@ -52,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -309,8 +310,9 @@ def synthesize(graph: G.Graph, params, targets: Sequence[Target], *, n_images: i
 
     A synthesis that diverges, its loss above the starting loss for ``patience`` steps in a
     row (targets the network cannot reach from these inputs, e.g. approximate analytic
-    moments), stops there and returns the images of the lowest loss in the list, which then
-    has fewer than ``steps + 1`` entries (:func:`synthesis_outcome` reads it).
+    moments) or not finite (``patience`` 0: never stopped), stops there and returns the
+    images of the lowest finite loss in the list (:func:`synthesis_outcome` tells such a run
+    from a finished one).
     """
     import optax
 
@@ -376,11 +378,12 @@ def synthesize(graph: G.Graph, params, targets: Sequence[Target], *, n_images: i
         history.append(float(val))
         if history[-1] < best[0]:
             best = (history[-1], u)
-        if step == steps:
+        finite = math.isfinite(history[-1])
+        if finite and step == steps:
             break
         above = above + 1 if history[-1] > history[0] else 0
-        if above >= patience > 0:  # diverged: back to the images of the lowest loss
-            u = best[1]
+        if patience > 0 and (not finite or above >= patience):
+            u = best[1]  # diverged: back to the images of the lowest loss
             break
         g = jnp.concatenate([grad_j(u[i:i + chunk], ct) for i in range(0, n_images, chunk)])
         upd, state = opt.update(g, state, u)
@@ -394,10 +397,12 @@ def synthesize(graph: G.Graph, params, targets: Sequence[Target], *, n_images: i
 def synthesis_outcome(history: Sequence[float], steps: int) -> dict:
     """``{"loss_end": the returned images' loss}``, with ``"diverged_at"`` (the step it stopped
     at) where :func:`synthesize` stopped a diverging run (``history`` shorter than ``steps +
-    1``: its images are those of the lowest loss)."""
-    if len(history) == steps + 1:
+    1`` or ending in a loss that is not finite: its images are those of the lowest finite
+    loss; ``loss_end`` ``None`` if there is none)."""
+    if len(history) == steps + 1 and math.isfinite(history[-1]):
         return {"loss_end": history[-1]}
-    return {"loss_end": min(history), "diverged_at": len(history) - 1}
+    finite = [h for h in history if math.isfinite(h)]
+    return {"loss_end": min(finite) if finite else None, "diverged_at": len(history) - 1}
 
 
 def pink_noise(key, shape: Sequence[int], *, channel_axis: int = -1) -> jax.Array:
@@ -1124,14 +1129,16 @@ def optimize(params_float, params_q, report: list[dict], *, graph: G.Graph, in_m
                                          in_std=in_std, in_lo=in_lo, in_hi=in_hi,
                                          digest=digest, progress=progress, cache=cache)
         info["synthesis"] = sinfo
-        if not sinfo["loss_end"] <= config.synth_tolerance:
+        end = sinfo["loss_end"]
+        if end is None or not end <= config.synth_tolerance:
             learn = False
             why = (f", the synthesis diverged at step {sinfo['diverged_at']}"
                    if "diverged_at" in sinfo else "")
+            loss = "not finite" if end is None else f"{end:.3g}"
             info["learn_skipped"] = (
                 f"the synthetic images miss their {sinfo['targets']} targets (statistic loss "
-                f"{sinfo['loss_end']:.3g} > {config.synth_tolerance:g}{why}): SQuant rounding "
-                "and the analytic bias correction of the anchored layers kept")
+                f"{loss} > {config.synth_tolerance:g}{why}): SQuant rounding and the analytic "
+                "bias correction of the anchored layers kept")
     if learn:
         qp, rep, layers = learn_rounding(graph, params_float, qp, rep, images, config=config,
                                          channel_axis=channel_axis, in_mean=in_mean,
