@@ -298,6 +298,15 @@ def test_optimize_is_cached_and_identical(tiny, tmp_path, monkeypatch):
         assert np.array_equal(np.asarray(a["codes"]), np.asarray(b["codes"]))
     assert all(np.array_equal(np.asarray(x), np.asarray(y)) for (_, x), (_, y) in
                zip(Q.tree_paths(qs), Q.tree_paths(q0)))
+    # a diverging synthesis (a rate far too large, stopped after 10 steps above its start):
+    # the reason names the step, and the codes are those of no learning
+    wild = dataclasses.replace(cfg, synth_steps=40, synth_lr=50.0, synth_tolerance=1e-9)
+    qd, rd, idv = C.optimize(params, qp, report, graph=g, config=wild, cache=False,
+                             **_stats())
+    assert idv["synthesis"]["diverged_at"] == C.DIVERGED_AFTER
+    assert "the synthesis diverged at step 10" in idv["learn_skipped"]
+    for a, b in zip(rd, rs):
+        assert np.array_equal(np.asarray(a["codes"]), np.asarray(b["codes"]))
 
 
 def test_config_is_checked():
