@@ -492,7 +492,6 @@ def plot_budget(rows: list[dict], *, target_ratio: float = 8.0):
     """Top-1 drop against the compact entropy-coded file's ratio, one panel per network: the
     recipe with its average counted at fixed width (circles) and counted as entropy-coded
     bits (squares), each average labelled; the dashed line marks ``target_ratio``."""
-
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = _network_panels(models)
     style = {"fixed": ("C3", "o", "fixed-width bits"), "coded": ("C2", "s", "entropy-coded bits")}
