@@ -54,8 +54,10 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -1060,9 +1062,9 @@ def synthetic_images(graph: G.Graph, params, *, config: OptConfig, in_mean, in_s
                 "stats": [np.asarray(a, np.float64).round(12).tolist()
                           for a in (in_mean, in_std, in_lo, in_hi)]})
     path = cache_dir() / f"synth-{key}.npz"
-    if cache and path.is_file():
-        with np.load(path) as z:
-            return z["images"], {**json.loads(str(z["info"])), "cached": True}
+    hit = _read_entry(path, _load_images) if cache else None
+    if hit is not None:
+        return hit
     t0 = time.perf_counter()
     images, hist = synthesize(graph, params, targets, n_images=config.n_images,
                               steps=config.synth_steps, lr=config.synth_lr, seed=config.seed,
@@ -1075,6 +1077,25 @@ def synthetic_images(graph: G.Graph, params, *, config: OptConfig, in_mean, in_s
     if cache:
         _atomic_savez(path, images=images, info=np.array(json.dumps(info)))
     return images, {**info, "cached": False}
+
+
+def _load_images(path: Path) -> tuple[np.ndarray, dict]:
+    with np.load(path) as z:
+        return z["images"], {**json.loads(str(z["info"])), "cached": True}
+
+
+def _read_entry(path: Path, load: Callable[[Path], Any]) -> Any:
+    """``load(path)`` of a cache entry, or ``None`` when there is none or it cannot be read
+    (truncated, corrupt, another format): one line on stderr says so, and the caller
+    computes the entry again and replaces it."""
+    if not path.is_file():
+        return None
+    try:
+        return load(path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        print(f"paper_repro datafree-opt cache: entry {path} is not used: "
+              f"{type(e).__name__}: {e}; computing it again", file=sys.stderr, flush=True)
+        return None
 
 
 def _atomic_savez(path: Path, **arrays) -> None:
@@ -1118,8 +1139,9 @@ def optimize(params_float, params_q, report: list[dict], *, graph: G.Graph, in_m
     key = _key({"format": CACHE_FORMAT, "params": digest, "start": _report_digest(report),
                 "config": config.as_dict(), "axis": str(channel_axis)})
     path = cache_dir() / f"opt-{key}.npz"
-    if cache and path.is_file():
-        qp, rep, info = _load_result(path, params_q, report)
+    hit = _read_entry(path, lambda p: _load_result(p, params_q, report)) if cache else None
+    if hit is not None:
+        qp, rep, info = hit
         return qp, rep, {**info, "cached": True, "cache_key": key}
     info: dict[str, Any] = {"config": config.as_dict()}
     qp, rep = RD.apply_squant(params_q, report, params_float, channel_axis=channel_axis)
@@ -1210,8 +1232,7 @@ def _load_result(path: Path, params_q, report) -> tuple[dict, list[dict], dict]:
     with np.load(path) as z:
         meta = json.loads(str(z["meta"]))
         if meta.get("format") != CACHE_FORMAT:
-            raise ValueError(f"{path}: cache format {meta.get('format')}, expected "
-                             f"{CACHE_FORMAT}; delete the file")
+            raise ValueError(f"cache format {meta.get('format')}, expected {CACHE_FORMAT}")
         new = repairs._copy_tree(params_q)
         flat_q = G.flat_values(params_q)
         rows = []
